@@ -1,0 +1,197 @@
+"""The ``vqcausal`` command line: one parser, one handler per sub-command.
+
+Every user error (bad file, bad config key, unknown dataset) becomes one line on stderr and
+exit status 2; Ctrl-C exits 130. Tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from vqcausal.errors import VQCausalError
+
+EXIT_USER_ERROR = 2
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """--config / --set plus shortcuts for the data section."""
+    parser.add_argument("--config", help="TOML config file (see configs/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set transitions.imbalance=10 (repeatable)",
+    )
+    parser.add_argument("--dataset", help="shapes3d | sprites | pendulum | folder")
+    parser.add_argument("--path", help="a dataset file or folder you already have")
+
+
+def config_from_args(args: argparse.Namespace):
+    from vqcausal.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "dataset", None):
+        overrides.append(f'data.dataset="{args.dataset}"')
+    if getattr(args, "path", None):
+        overrides.append(f"data.path={json.dumps(args.path)}")
+    return load_config(args.config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vqcausal import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="vqcausal", description="Causal representation learning on images."
+    )
+    parser.add_argument("--version", action="version", version=f"vqcausal {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="inspect, preview and export datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    info = data_commands.add_parser("info", help="factors, actions and sizes of a dataset")
+    add_config_args(info)
+    info.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    info.set_defaults(handler=_data_info)
+
+    preview = data_commands.add_parser("preview", help="PNG grid of transition pairs")
+    add_config_args(preview)
+    preview.add_argument("--out", default="preview.png", help="PNG to write")
+    preview.add_argument("--pairs", type=int, default=4, help="pairs per action")
+    preview.add_argument("--split", default="train", choices=["train", "test"])
+    preview.add_argument("--scale", type=int, default=2, help="pixel upscaling")
+    preview.set_defaults(handler=_data_preview)
+
+    export = data_commands.add_parser("export", help="write transition pairs to safetensors")
+    add_config_args(export)
+    export.add_argument("--out", required=True, help="new (or empty) export folder")
+    export.add_argument("--train", type=int, default=10_000, help="train pairs")
+    export.add_argument("--test", type=int, default=1_000, help="test pairs")
+    export.add_argument("--shard-size", type=int, default=4096)
+    export.set_defaults(handler=_data_export)
+
+    train = commands.add_parser("train", help="train a model (same as train.py)")
+    train.add_argument("args", nargs=argparse.REMAINDER, help="arguments for train.py")
+    train.set_defaults(handler=_train)
+    return parser
+
+
+# ---- handlers -------------------------------------------------------------------------
+def _source_and_sampler(args: argparse.Namespace):
+    from vqcausal.data.registry import load_source
+    from vqcausal.data.transitions import TransitionSampler
+
+    config = config_from_args(args)
+    source = load_source(config.data)
+    return config, source, TransitionSampler(source, config.transitions)
+
+
+def _data_info(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    _, source, sampler = _source_and_sampler(args)
+    info = source.describe()
+    info["actions"] = [
+        {"index": i, "name": name, "probability": round(float(p), 6)}
+        for i, (name, p) in enumerate(
+            zip(source.space.action_names, sampler.action_probs, strict=True)
+        )
+    ]
+    info["concepts"] = source.concept_names
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    console = Console()
+    stored = info["stored_images"]
+    console.print(
+        f"[bold]{source.name}[/]  images {tuple(source.image_shape)}  "
+        f"grid points {info['grid_points']:,}  "
+        f"stored images {'all (procedural)' if stored is None else f'{stored:,}'}"
+    )
+    factors = Table("factor", "size", "cyclic", title="factors")
+    for f in source.space.factors:
+        factors.add_row(f.name, str(f.size), "yes" if f.cyclic else "no")
+    console.print(factors)
+    actions = Table("index", "action", "train frequency", title="actions")
+    for a in info["actions"]:
+        actions.add_row(str(a["index"]), a["name"], f"{a['probability']:.4f}")
+    console.print(actions)
+
+
+def _data_preview(args: argparse.Namespace) -> None:
+    import torch
+    from einops import rearrange
+
+    from vqcausal.viz import labelled_rows, save_png
+
+    if args.pairs < 1 or args.scale < 1:
+        raise VQCausalError("--pairs and --scale must be at least 1")
+    config, source, sampler = _source_and_sampler(args)
+    generator = torch.Generator().manual_seed(config.seed)
+    rows, labels = [], []
+    for a, name in enumerate(source.space.action_names):
+        actions = torch.full((args.pairs,), a, dtype=torch.long)
+        x, x_next = sampler.images(sampler.sample(args.pairs, args.split, generator, actions))
+        rows.append(rearrange([x, x_next], "two n c h w -> (n two) c h w"))
+        labels.append(name)
+    path = save_png(labelled_rows(rows, labels, scale=args.scale, group=2), args.out)
+    print(f"wrote {path}: {len(labels)} actions x {args.pairs} pairs (x | x') from {source.name}")
+
+
+def _data_export(args: argparse.Namespace) -> None:
+    from rich.progress import Progress
+
+    from vqcausal.data.export import export_pairs
+
+    if args.train < 0 or args.test < 0 or args.shard_size < 1:
+        raise VQCausalError("--train/--test must be >= 0 and --shard-size >= 1")
+    config, source, sampler = _source_and_sampler(args)
+    counts = {"train": args.train, "test": args.test}
+    with Progress(transient=True) as progress:
+        task = progress.add_task("rendering pairs", total=sum(counts.values()))
+        export_pairs(
+            sampler,
+            args.out,
+            counts,
+            args.shard_size,
+            config.seed,
+            progress=lambda n: progress.advance(task, n),
+        )
+    print(f"wrote {args.train:,} train + {args.test:,} test pairs of {source.name} to {args.out}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from vqcausal.train.run import main as train_main
+
+    train_main(args.args)
+
+
+def run(handler: Callable[[], None]) -> int:
+    """Run a command body, turning user errors into one line and an exit status."""
+    try:
+        handler()
+    except VQCausalError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:  # unwritable output path, disk full, ...
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda: args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

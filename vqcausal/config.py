@@ -1,0 +1,167 @@
+"""Dataclass configs, read from TOML files and ``--set section.key=value`` overrides.
+
+Every config is a tree of dataclasses. TOML tables map onto nested dataclasses; unknown keys
+and wrong types are rejected with one line naming the key, so a typo never trains silently
+with a default. Values given with ``--set`` are parsed as TOML literals (``3``, ``0.5``,
+``true``, ``[1, 2]``, ``"text"``) and fall back to a bare string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vqcausal.data.transitions import TransitionConfig
+from vqcausal.errors import VQCausalError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(VQCausalError):
+    """A config file or override that does not fit the config schema."""
+
+
+@dataclass
+class DataConfig:
+    """Which images: a procedural renderer, or files the user already has (``path``)."""
+
+    dataset: str = "shapes3d"  # shapes3d | sprites | pendulum | folder
+    path: str | None = None  # 3dshapes.h5, dsprites .npz, pendulum folder, image folder
+    image_size: int | None = None  # resize (pendulum, folder); None keeps the native size
+    channels: int | None = None  # 1 or 3 where the source supports both
+    stride: int = 3  # procedural pendulum: every stride-th CausalVAE grid value
+    cyclic: list[str] = field(default_factory=list)  # folder: names of cyclic factors
+
+
+@dataclass
+class Config:
+    """Everything a run needs; stored inside every run folder and checkpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    transitions: TransitionConfig = field(default_factory=TransitionConfig)
+    run_dir: str = "runs"
+    seed: int = 0
+
+
+T = TypeVar("T")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a type hint (bool/int/float/str, Optional, list, dataclass)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' wants a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' wants a table, got {value!r}")
+        return from_dict(hint, value, prefix=f"{key}.")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (bool, int, float, str):
+        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(
+            f"config key '{key}' wants {_type_name(hint)}, got {type(value).__name__} {value!r}"
+        )
+    raise ConfigError(f"config key '{key}' has an unsupported type {hint}")  # pragma: no cover
+
+
+def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {known})")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    try:
+        return cls(**kwargs)
+    except VQCausalError as err:
+        raise ConfigError(f"config section '{prefix.rstrip('.') or 'root'}': {err}") from None
+
+
+def to_dict(config: Any) -> dict:
+    """Plain nested dict of a config, with None values dropped (TOML has no null)."""
+
+    def clean(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if v is not None}
+        return obj
+
+    return clean(dataclasses.asdict(config))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Merge ``--set`` overrides into a nested dict (validated later by :func:`from_dict`)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file, then ``--set`` overrides."""
+    data = read_toml(path) if path else {}
+    return from_dict(Config, apply_overrides(data, overrides or []))

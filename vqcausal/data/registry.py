@@ -1,0 +1,62 @@
+"""Dataset names -> sources: procedural by default, the user's own file with ``path``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vqcausal.config import DataConfig
+from vqcausal.data.source import GroundTruthSource
+from vqcausal.errors import DataError
+
+DATASETS = {
+    "shapes3d": "2.5-D scene: floor/wall/object hue, scale, shape, orientation (3dshapes.h5)",
+    "sprites": "dSprites grid: shape, scale, orientation, pos_x, pos_y (dsprites .npz)",
+    "pendulum": "CausalVAE pendulum: pendulum and light angle cause the shadow (PNG folder)",
+    "folder": "your images + factors.csv (path required)",
+    "toy": "16x16 coloured bar: position and hue (tests and smoke runs)",
+}
+
+
+def load_source(config: DataConfig) -> GroundTruthSource:
+    """Build the source a data config names; unknown names and bad paths are DataErrors."""
+    name, path = config.dataset, config.path
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
+    if path is not None and not Path(path).exists():
+        raise DataError(f"{name}: data path not found: {path}")
+    channels = config.channels
+    if name == "shapes3d":
+        if path is None:
+            from vqcausal.data.shapes3d import Shapes3DRenderer
+
+            return Shapes3DRenderer()
+        from vqcausal.data.files import Shapes3DFile
+
+        return Shapes3DFile(path)
+    if name == "sprites":
+        if path is None:
+            from vqcausal.data.sprites import SpritesRenderer
+
+            return SpritesRenderer(channels=channels or 1)
+        from vqcausal.data.files import DSpritesFile
+
+        return DSpritesFile(path, channels=channels or 1)
+    if name == "pendulum":
+        if path is None:
+            from vqcausal.data.pendulum import PendulumRenderer
+
+            return PendulumRenderer(image_size=config.image_size or 96, stride=config.stride)
+        from vqcausal.data.pendulum_folder import PendulumFolder
+
+        return PendulumFolder(path, image_size=config.image_size)
+    if name == "toy":
+        from vqcausal.data.toy import ToyRenderer
+
+        return ToyRenderer()
+    if path is None:
+        raise DataError("dataset 'folder' needs data.path: a folder of images with factors.csv")
+    from vqcausal.data.files import ImageFolderSource
+
+    return ImageFolderSource(
+        path, cyclic=config.cyclic, channels=channels or 3, image_size=config.image_size
+    )

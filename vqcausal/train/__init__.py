@@ -1,0 +1,1 @@
+"""Training: the accelerate loop, its stages and checkpoints."""

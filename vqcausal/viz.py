@@ -1,0 +1,66 @@
+"""Pictures people look at: labelled PNG grids of images and transition pairs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from einops import rearrange, repeat
+from PIL import Image, ImageDraw, ImageFont
+
+
+def to_rgb_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) uint8 or float in [0, 1] -> (B, 3, H, W) uint8."""
+    if images.dtype != torch.uint8:
+        images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if images.shape[1] == 1:
+        images = repeat(images, "b 1 h w -> b 3 h w")
+    return images[:, :3]
+
+
+def upscale(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour upscaling so small images stay crisp in a grid."""
+    if factor == 1:
+        return images
+    return repeat(images, "b c h w -> b c (h f1) (w f2)", f1=factor, f2=factor)
+
+
+def labelled_rows(
+    rows: list[torch.Tensor],
+    labels: list[str],
+    scale: int = 2,
+    gap: int = 4,
+    group: int = 1,
+) -> Image.Image:
+    """One row per tensor (N, C, H, W), a text label at the left of each row.
+
+    ``group`` > 1 puts an extra gap after every ``group`` images (e.g. 2 for x | x' pairs).
+    """
+    font = ImageFont.load_default()
+    label_width = 8 + max(int(font.getlength(text)) for text in labels)
+    tiles = [upscale(to_rgb_uint8(r), scale) for r in rows]
+    h, w = tiles[0].shape[2], tiles[0].shape[3]
+    ncols = max(t.shape[0] for t in tiles)
+    extra = (ncols - 1) // group * gap * 2
+    canvas = Image.new(
+        "RGB", (label_width + ncols * (w + gap) + extra, len(rows) * (h + gap) + gap), "white"
+    )
+    draw = ImageDraw.Draw(canvas)
+    for r, (tile, text) in enumerate(zip(tiles, labels, strict=True)):
+        y = gap + r * (h + gap)
+        draw.text((4, y + h // 2 - 6), text, fill="black", font=font)
+        for c in range(tile.shape[0]):
+            x = label_width + c * (w + gap) + c // group * gap * 2
+            canvas.paste(Image.fromarray(rearrange(tile[c], "c h w -> h w c").numpy()), (x, y))
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a PNG atomically (temp file + rename) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
