@@ -1,7 +1,7 @@
 """Train vqcausal.
 
-    accelerate launch --config_file configs/accelerate/cpu.yaml train.py [--config FILE] [--set K=V]
-    python train.py [--config FILE] [--set K=V]
+accelerate launch --config_file configs/accelerate/cpu.yaml train.py [--config FILE] [--set K=V]
+python train.py [--config FILE] [--set K=V]
 """
 
 import sys

@@ -35,10 +35,19 @@ def toy() -> ToyRenderer:
 
 @pytest.fixture
 def sparse_toy() -> SparseToy:
-    keep = torch.tensor([i for i in range(48) if i % 5 != 0])
+    keep = torch.tensor([i for i in range(96) if i % 5 != 0])
     return SparseToy(keep)
 
 
 @pytest.fixture
 def mixed_space() -> FactorSpace:
     return FactorSpace([Factor("hue", 4, cyclic=True), Factor("scale", 3), Factor("pos", 5)])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models run fastest on one thread and never stall on an oversubscribed CI box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ def test_info_json_lists_factors_and_actions(capsys):
     info = json.loads(capsys.readouterr().out)
     assert [f["name"] for f in info["factors"]] == ["position", "hue"]
     assert [a["name"] for a in info["actions"]] == ["position+", "position-", "hue+", "hue-"]
-    assert info["grid_points"] == 48
+    assert info["grid_points"] == 96
 
 
 def test_info_table_shows_imbalanced_frequencies(capsys):

@@ -42,11 +42,11 @@ def test_action_order_permutes_which_action_is_rare(toy):
 def test_value_imbalance_skews_factor_values(toy):
     sampler = TransitionSampler(toy, TransitionConfig(value_imbalance=20.0, seed=1))
     t = sampler.sample(20_000)
-    hue = torch.bincount(t.values[:, 1], minlength=6).double()
+    hue = torch.bincount(t.values[:, 1], minlength=12).double()
     uniform = TransitionSampler(toy, TransitionConfig(seed=1)).sample(20_000)
-    hue_u = torch.bincount(uniform.values[:, 1], minlength=6).double()
-    # relative to the same split drawn uniformly, value 0 is ~20x as frequent as value 5
-    skew = (hue[0] / hue[5]) / (hue_u[0] / hue_u[5])
+    hue_u = torch.bincount(uniform.values[:, 1], minlength=12).double()
+    # relative to the same split drawn uniformly, value 0 is ~20x as frequent as value 11
+    skew = (hue[0] / hue[11]) / (hue_u[0] / hue_u[11])
     assert 12 < skew < 32, skew
 
 
@@ -71,8 +71,8 @@ def test_split_has_no_shared_source_image(toy):
     test_sources = set(space.ravel(test.values).tolist())
     assert test_sources and train_sources
     assert not test_sources & train_seen  # a test source image is never seen in training
-    held_out = sampler.split_of(space.unravel(torch.arange(48))).sum().item()
-    assert 4 <= held_out <= 20  # about a quarter of 48 grid points
+    held_out = sampler.split_of(space.unravel(torch.arange(96))).sum().item()
+    assert 12 <= held_out <= 36  # about a quarter of 96 grid points
 
 
 def test_sampling_is_reproducible(toy):

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from vqcausal.errors import VQCausalError
 
@@ -40,6 +41,11 @@ def config_from_args(args: argparse.Namespace):
     if getattr(args, "path", None):
         overrides.append(f"data.path={json.dumps(args.path)}")
     return load_config(args.config, overrides)
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", help="run folder (default: newest finished run under --runs)")
+    parser.add_argument("--runs", default="runs", help="where to look for runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +80,31 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--test", type=int, default=1_000, help="test pairs")
     export.add_argument("--shard-size", type=int, default=4096)
     export.set_defaults(handler=_data_export)
+
+    retrieve = commands.add_parser("retrieve", help="which action turns image a into image b")
+    retrieve.add_argument("image_a", help="image file, or a folder of images")
+    retrieve.add_argument("image_b", help="image file, or a folder paired with image_a by name")
+    add_run_args(retrieve)
+    retrieve.add_argument("--top-k", type=int, default=3, help="how many actions to list")
+    retrieve.add_argument(
+        "--method", choices=["synthesis", "classifier"], help="retrieval head (default: the run's)"
+    )
+    retrieve.add_argument("--json", action="store_true", help="print JSON")
+    retrieve.set_defaults(handler=_retrieve)
+
+    intervene = commands.add_parser("intervene", help="apply actions to an image, save a PNG")
+    intervene.add_argument("image", help="image file")
+    intervene.add_argument(
+        "--action",
+        action="append",
+        required=True,
+        help="e.g. object_hue+ (repeatable: a sequence)",
+    )
+    intervene.add_argument("--steps", type=int, default=1, help="apply each action this often")
+    add_run_args(intervene)
+    intervene.add_argument("--out", default="intervention.png", help="PNG to write")
+    intervene.add_argument("--scale", type=int, default=2, help="pixel upscaling")
+    intervene.set_defaults(handler=_intervene)
 
     train = commands.add_parser("train", help="train a model (same as train.py)")
     train.add_argument("args", nargs=argparse.REMAINDER, help="arguments for train.py")
@@ -164,6 +195,34 @@ def _data_export(args: argparse.Namespace) -> None:
             progress=lambda n: progress.advance(task, n),
         )
     print(f"wrote {args.train:,} train + {args.test:,} test pairs of {source.name} to {args.out}")
+
+
+def _retrieve(args: argparse.Namespace) -> None:
+    from vqcausal.inference import open_run, pair_paths, retrieve
+
+    if args.top_k < 1:
+        raise VQCausalError("--top-k must be at least 1")
+    pairs = pair_paths(args.image_a, args.image_b)
+    model, run_dir = open_run(args.run, args.runs)
+    results = retrieve(model, pairs, args.top_k, args.method)
+    if args.json:
+        print(json.dumps({"run": str(run_dir), "pairs": [r.to_dict() for r in results]}, indent=2))
+        return
+    for r in results:
+        ranked = ", ".join(f"{name} {p:.3f}" for name, p in r.actions)
+        print(f"{r.image_a} -> {r.image_b}: {ranked}")
+
+
+def _intervene(args: argparse.Namespace) -> None:
+    from vqcausal.inference import intervene, open_run
+    from vqcausal.viz import labelled_rows, save_png
+
+    if args.scale < 1:
+        raise VQCausalError("--scale must be at least 1")
+    model, _ = open_run(args.run, args.runs)
+    images, labels = intervene(model, Path(args.image), args.action, args.steps)
+    path = save_png(labelled_rows([images], [" -> ".join(args.action)], scale=args.scale), args.out)
+    print(f"wrote {path}: input then {len(labels) - 1} step(s): {', '.join(labels[1:])}")
 
 
 def _train(args: argparse.Namespace) -> None:

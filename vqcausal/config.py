@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from vqcausal.data.transitions import TransitionConfig
 from vqcausal.errors import VQCausalError
+from vqcausal.models.ctvae import ModelConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,12 +43,45 @@ class DataConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Two stages: (1) the VQ-VAE on images, (2) transition + retrieval on cached codes."""
+
+    stage1_steps: int = 3000
+    stage2_steps: int = 3000
+    batch_size: int = 32  # images per stage-1 step (per process)
+    stage2_batch_size: int = 64  # cached pairs per stage-2 step (per process)
+    lr: float = 1e-3
+    stage2_lr: float = 1e-3
+    grad_clip: float = 1.0
+    cache_pairs: int = 20_000  # train pairs encoded once for stage 2
+    eval_pairs: int = 512  # held-out pairs for the in-training evaluation
+    eval_every: int = 1000
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    mixed_precision: str = "no"  # no | bf16 | fp16 (the quantizer always runs in fp32)
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise VQCausalError("train.mixed_precision must be no, bf16 or fp16")
+        positive = ("batch_size", "stage2_batch_size", "eval_every", "log_every")
+        for name in positive + ("checkpoint_every", "keep_checkpoints", "eval_pairs"):
+            if getattr(self, name) < 1:
+                raise VQCausalError(f"train.{name} must be >= 1")
+        if self.stage1_steps < 0 or self.stage2_steps < 0 or self.cache_pairs < 1:
+            raise VQCausalError("train steps must be >= 0 and train.cache_pairs >= 1")
+
+
+@dataclass
 class Config:
     """Everything a run needs; stored inside every run folder and checkpoint."""
 
     data: DataConfig = field(default_factory=DataConfig)
     transitions: TransitionConfig = field(default_factory=TransitionConfig)
-    run_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runs: str = "runs"  # parent folder of run folders
+    name: str = ""  # run folder name prefix; default: the dataset name
     seed: int = 0
 
 

@@ -56,6 +56,22 @@ def labelled_rows(
     return canvas
 
 
+# anchor colours of a perceptually ordered dark-blue -> teal -> yellow map (viridis-like)
+_MAP = torch.tensor(
+    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=torch.float32
+)
+
+
+def heatmap(matrix: torch.Tensor, cell: int = 6) -> Image.Image:
+    """A (R, C) matrix with values in [0, 1] as a colour image, ``cell`` pixels per entry."""
+    v = matrix.float().clamp(0, 1) * (len(_MAP) - 1)
+    low = v.floor().long().clamp(max=len(_MAP) - 2)
+    frac = (v - low)[..., None]
+    rgb = _MAP[low] * (1 - frac) + _MAP[low + 1] * frac  # (R, C, 3)
+    rgb = repeat(rgb, "r c k -> (r f1) (c f2) k", f1=cell, f2=cell)
+    return Image.fromarray(rgb.round().to(torch.uint8).numpy())
+
+
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Write a PNG atomically (temp file + rename) and return its path."""
     path = Path(path)

@@ -1,7 +1,12 @@
 """Entry point behind ``train.py`` and ``vqcausal train``.
 
-Until the model lands (issue 3) it builds the configured dataset, draws one batch of each
-split and reports what it built, so the data path of every config is exercised end to end.
+    accelerate launch --config_file configs/accelerate/cpu.yaml train.py --config FILE.toml
+    python train.py --set train.stage1_steps=500 --stage 1
+    python train.py --resume runs/shapes3d-20261123-101500
+
+A new run gets a fresh folder under ``runs/`` holding ``config.toml``, ``checkpoints/``,
+``metrics.jsonl``, ``figures/`` and ``summary.json``. ``--resume`` continues the newest
+checkpoint of a run with the run's own config (``--set train.*`` may extend the steps).
 """
 
 from __future__ import annotations
@@ -9,31 +14,112 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from vqcausal.cli import add_config_args, config_from_args, run
+from vqcausal.config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from vqcausal.data.registry import load_source
-from vqcausal.data.transitions import TransitionSampler
+from vqcausal.train.checkpoint import (
+    config_from_meta,
+    latest_checkpoint,
+    load_weights,
+    model_args_from_meta,
+    new_run_dir,
+    write_text_atomic,
+)
+
+STAGES = {"all": (1, 2), "1": (1,), "2": (2,)}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train.py", description="Train a vqcausal model.")
     add_config_args(parser)
+    parser.add_argument("--stage", choices=list(STAGES), default="all", help="which stage(s)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
     return parser
 
 
-def _train(args: argparse.Namespace) -> None:
-    config = config_from_args(args)
+def _toml(data: dict, prefix: str = "") -> str:
+    """Minimal TOML writer for our config dicts (scalars, lists, nested tables)."""
+    import json
+
+    scalars, tables = [], []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            scalars.append(f"{key} = {json.dumps(value)}")
+    parts = ["\n".join(scalars)] if scalars else []
+    for key, value in tables:
+        name = f"{prefix}{key}"
+        body = _toml(value, prefix=f"{name}.")
+        parts.append(f"[{name}]\n{body}" if body and not body.startswith("[") else body)
+    return "\n\n".join(p for p in parts if p)
+
+
+def _build(args: argparse.Namespace):
+    """Config, source, model, run folder and resume point for the command line."""
+    import torch
+    from accelerate import Accelerator
+
+    from vqcausal.models.ctvae import CausalVQVAE, ModelArgs
+
+    resume = None
+    if args.resume:
+        if args.config or args.dataset or args.path:
+            raise ConfigError("--resume uses the run's own config; only --set train.* may change")
+        resume = latest_checkpoint(args.resume)
+        base = config_from_meta(resume.meta)
+        bad = [o for o in args.overrides if not o.strip().startswith("train.")]
+        if bad:
+            raise ConfigError(f"--resume accepts only train.* overrides, got {bad[0]}")
+        config = from_dict(Config, apply_overrides(to_dict(base), args.overrides))
+    else:
+        config = config_from_args(args)
+    if config.model.latent != "vq":
+        raise ConfigError(f"model.latent '{config.model.latent}' is not available; use 'vq'")
+
     source = load_source(config.data)
-    sampler = TransitionSampler(source, config.transitions)
-    generator = torch.Generator().manual_seed(config.seed)
-    for split in ("train", "test"):
-        batch = sampler.batch(8, split, generator)
-        print(f"{split}: batch x {tuple(batch['x'].shape)} {batch['x'].dtype}")
-    print(
-        f"dataset ready: {source.name}, {source.space.num_factors} factors, "
-        f"{source.space.num_actions} actions; the model arrives with issue 3, nothing trained"
-    )
+    down = 2 ** len(config.model.autoencoder.widths)
+    c, h, w = source.image_shape
+    if h % down or w % down:
+        raise ConfigError(
+            f"image size {h}x{w} is not divisible by 2^{len(config.model.autoencoder.widths)}; "
+            "change model.autoencoder.widths or data.image_size"
+        )
+    if resume is None:
+        model_args = ModelArgs([c, h, w], source.space.action_names, config.model)
+    else:
+        model_args = model_args_from_meta(resume.meta)
+    torch.manual_seed(config.seed)
+    model = CausalVQVAE(model_args)
+    if resume is not None:
+        load_weights(model, resume.path)
+
+    accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
+    if resume is not None:
+        run_dir = resume.path.parent.parent
+    elif accelerator.is_main_process:
+        run_dir = new_run_dir(config)
+        write_text_atomic(run_dir / "config.toml", _toml(to_dict(config)) + "\n")
+    else:
+        run_dir = None
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        run_dir = broadcast_object_list([run_dir])[0]
+    return config, source, model, run_dir, accelerator, resume
+
+
+def _train(args: argparse.Namespace) -> None:
+    from vqcausal.train.loop import Trainer
+
+    config, source, model, run_dir, accelerator, resume = _build(args)
+    if accelerator.is_main_process:
+        print(f"run folder: {run_dir}")
+    trainer = Trainer(config, source, model, run_dir, accelerator, resume)
+    trainer.run(STAGES[args.stage])
+    if accelerator.is_main_process:
+        state = "finished" if trainer.step >= trainer.total_steps else "stopped"
+        print(f"{state} at step {trainer.step}; run folder: {run_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,200 @@
+"""End to end: train the smoke config, resume bit-exactly, use the run from the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vqcausal.cli import main as cli
+from vqcausal.config import load_config
+from vqcausal.data.toy import ToyRenderer
+from vqcausal.data.transitions import TransitionSampler
+from vqcausal.train.checkpoint import latest_checkpoint
+from vqcausal.train.run import main as train
+
+TINY = [
+    "train.stage1_steps=20",
+    "train.stage2_steps=20",
+    "train.cache_pairs=128",
+    "train.eval_pairs=16",
+    "train.eval_every=1000",
+    "train.log_every=1",
+    "train.checkpoint_every=10",
+]
+
+
+def run_folder(runs: Path) -> Path:
+    (folder,) = [p for p in runs.iterdir() if p.is_dir()]
+    return folder
+
+
+def losses(folder: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["total"] for r in records if "total" in r}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """The smoke config trained once (toy data, ~1 minute on one core)."""
+    runs = tmp_path_factory.mktemp("runs")
+    assert train(["--config", "configs/smoke.toml", "--set", f'runs="{runs}"']) == 0
+    return run_folder(runs)
+
+
+def save_png(tensor: torch.Tensor, path: Path) -> Path:
+    Image.fromarray(tensor.permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pair_files(tmp_path_factory) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Held-out toy pairs written as PNG files, with their true action names."""
+    folder = tmp_path_factory.mktemp("pairs")
+    source = ToyRenderer()
+    sampler = TransitionSampler(source, load_config("configs/smoke.toml").transitions)
+    t = sampler.sample(12, "test", torch.Generator().manual_seed(5))
+    x, x_next = sampler.images(t)
+    pairs = [
+        (save_png(x[i], folder / f"a{i}.png"), save_png(x_next[i], folder / f"b{i}.png"))
+        for i in range(len(t))
+    ]
+    return pairs, [source.space.action_names[a] for a in t.actions.tolist()]
+
+
+def test_toy_model_learns_held_out_transitions(trained_run):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["finished"] and summary["step"] == 1200
+    assert summary["retrieval_synthesis_accuracy"] >= 0.9
+    assert summary["retrieval_classifier_accuracy"] >= 0.75
+    assert summary["recon_psnr"] >= 25.0
+
+
+def test_run_folder_holds_config_checkpoint_metrics_figures(trained_run):
+    config = load_config(trained_run / "config.toml")
+    assert config.data.dataset == "toy" and config.train.stage1_steps == 600
+    ckpt = latest_checkpoint(trained_run)
+    assert ckpt.finished and ckpt.step == 1200
+    assert (ckpt.path / "model.safetensors").exists()
+    assert ckpt.meta["model_args"]["action_names"] == ToyRenderer().space.action_names
+    figures = {p.name for p in (trained_run / "figures").iterdir()}
+    assert {"recon-0000600.png", "interventions-0001200.png", "adjacency-0001200.png"} <= figures
+    grid = Image.open(trained_run / "figures" / "interventions-0001200.png")
+    assert grid.height > 4 * 32  # one row per action
+    assert len(list((trained_run / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints
+
+
+def test_resume_continues_step_count_and_loss_curve(tmp_path):
+    straight, staged, extended = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    base = ["--config", "configs/smoke.toml", *sum((["--set", s] for s in TINY), [])]
+    assert train([*base, "--set", f'runs="{straight}"']) == 0
+    reference = losses(run_folder(straight))
+    assert sorted(reference) == list(range(1, 41))
+
+    # stop after stage 1, then resume into stage 2
+    assert train([*base, "--set", f'runs="{staged}"', "--stage", "1"]) == 0
+    folder = run_folder(staged)
+    assert latest_checkpoint(folder).step == 20 and not latest_checkpoint(folder).finished
+    assert train(["--resume", str(folder)]) == 0
+    assert losses(folder) == reference  # bit-exact on CPU
+
+    # stop in the middle of stage 2, then resume with more steps
+    short = [*base, "--set", f'runs="{extended}"', "--set", "train.stage2_steps=7"]
+    assert train(short) == 0
+    folder = run_folder(extended)
+    assert latest_checkpoint(folder).step == 27
+    assert train(["--resume", str(folder), "--set", "train.stage2_steps=20"]) == 0
+    assert latest_checkpoint(folder).step == 40
+    assert losses(folder) == reference
+
+
+def test_retrieve_cli_on_png_files(trained_run, pair_files, capsys):
+    pairs, truth = pair_files
+    correct = 0
+    for (a, b), action in zip(pairs, truth, strict=True):
+        assert cli(["retrieve", str(a), str(b), "--run", str(trained_run), "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        ranked = out["pairs"][0]["actions"]
+        assert len(ranked) == 3 and ranked[0]["probability"] >= ranked[1]["probability"]
+        correct += ranked[0]["action"] == action
+    assert correct >= 0.75 * len(pairs)
+
+
+def test_retrieve_pairs_two_folders_and_finds_the_newest_run(trained_run, pair_files, tmp_path):
+    pairs, _ = pair_files
+    left, right = tmp_path / "left", tmp_path / "right"
+    left.mkdir(), right.mkdir()
+    for i, (a, b) in enumerate(pairs[:3]):
+        (left / f"p{i}.png").write_bytes(a.read_bytes())
+        (right / f"p{i}.png").write_bytes(b.read_bytes())
+    result = _run_cli(["retrieve", str(left), str(right), "--runs", str(trained_run.parent)])
+    assert result.count("->") == 3 and "p0.png" in result
+
+
+def _run_cli(args: list[str]) -> str:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert cli(args) == 0
+    return buffer.getvalue()
+
+
+def test_intervene_cli_writes_a_rollout_png(trained_run, pair_files, tmp_path):
+    a = pair_files[0][0][0]
+    out = tmp_path / "cf.png"
+    args = ["intervene", str(a), "--action", "hue+", "--action", "position-", "--steps", "2"]
+    text = _run_cli([*args, "--run", str(trained_run), "--out", str(out), "--scale", "1"])
+    assert "4 step(s)" in text
+    image = Image.open(out)
+    assert image.width >= 5 * 16 and image.height >= 16  # input + 4 steps
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda run, png, tmp: ["retrieve", png, png, "--run", str(tmp / "nope")], "not found"),
+        (lambda run, png, tmp: ["retrieve", png, png, "--runs", str(tmp)], "train one"),
+        (lambda run, png, tmp: ["retrieve", str(tmp / "bad.png"), png, "--run", run], "bad.png"),
+        (
+            lambda run, png, tmp: ["intervene", png, "--action", "size+", "--run", run],
+            "unknown action 'size+'",
+        ),
+        (lambda run, png, tmp: ["retrieve", str(tmp), png, "--run", run], "two folders"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    trained_run, pair_files, tmp_path, capsys, make_args, message
+):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    png = str(pair_files[0][0][0])
+    assert cli(make_args(str(trained_run), png, tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "train.stage1_stepz=3"], "unknown config key 'train.stage1_stepz'"),
+        (["--set", "model.autoencoder.widths=[8, 8, 8, 8, 8]"], "not divisible"),
+        (["--resume", "/no/such/run"], "run folder not found"),
+        (["--set", 'model.latent="flow"'], "model.latent 'flow'"),
+    ],
+)
+def test_train_bad_input(args, message, capsys, tmp_path):
+    assert (
+        train(
+            ["--config", "configs/smoke.toml", "--set", f'runs="{tmp_path}"', *args]
+            if "--resume" not in args
+            else args
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing written

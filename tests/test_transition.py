@@ -1,0 +1,223 @@
+"""Causal transition and retrieval heads: shapes, determinism, action conditioning, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from vqcausal.models.retrieval import ActionClassifier, retrieval_probabilities
+from vqcausal.models.transition import CausalTransition, TransitionModelConfig, notears
+
+N, K, C, A, B = 12, 5, 2, 3, 4
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest (and without oversubscription stalls) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model() -> CausalTransition:
+    torch.manual_seed(0)
+    return CausalTransition(N, K, C, A, TransitionModelConfig(hidden=16, heads=2))
+
+
+def random_codes(b: int = B, n: int = N, k: int = K) -> torch.Tensor:
+    return torch.randint(0, k, (b, n))
+
+
+def test_shapes(model: CausalTransition) -> None:
+    codes = random_codes()
+    out = model(codes, torch.randint(0, A, (B,)))
+    assert out.logits.shape == (B, 1, N, K)
+    assert out.mask.shape == (B, 1, N)
+    assert out.adjacency.shape == (B, N, N)
+    out = model(codes, torch.randint(0, A + 1, (B, 5)))  # the no-op index A is allowed
+    assert out.logits.shape == (B, 5, N, K) and out.mask.shape == (B, 5, N)
+    out = model(codes)
+    assert out.logits.shape == (B, A, N, K)
+    assert model.predict(codes, torch.zeros(B, dtype=torch.long)).shape == (B, N)
+    assert model.score_actions(codes, random_codes()).shape == (B, A)
+    with pytest.raises(ValueError):
+        model(random_codes(n=N + 1))
+
+
+def test_adjacency_is_a_weighted_graph_without_self_loops(model: CausalTransition) -> None:
+    adjacency = model(random_codes()).adjacency
+    assert torch.all(adjacency.diagonal(dim1=-2, dim2=-1) == 0)
+    assert adjacency.min() >= 0 and adjacency.max() <= 1
+
+
+def test_eval_is_deterministic_training_is_stochastic(model: CausalTransition) -> None:
+    codes, actions = random_codes(), torch.randint(0, A, (B, 2))
+    model.eval()
+    first, second = model(codes, actions), model(codes, actions)
+    assert torch.equal(first.logits, second.logits)
+    assert torch.equal(model.score_actions(codes, codes), model.score_actions(codes, codes))
+    model.train()
+    assert not torch.equal(model(codes, actions).logits, model(codes, actions).logits)
+
+
+def test_action_reaches_the_intervened_nodes(model: CausalTransition) -> None:
+    """Mask forced on for every node: the outputs still differ between actions."""
+    with torch.no_grad():
+        model.mask_q.weight.zero_()
+        model.mask_bias.fill_(10.0)
+    model.eval()
+    codes = random_codes()
+    out = model(codes, torch.tensor([[0, 1]] * B))
+    assert torch.all(out.mask > 0.99)
+    assert not torch.allclose(out.logits[:, 0], out.logits[:, 1], atol=1e-4)
+
+
+def test_action_reaches_the_messages(model: CausalTransition, monkeypatch) -> None:
+    """Same mask and same intervention update for two actions: the children still differ."""
+    with torch.no_grad():
+        model.update_action.weight.zero_()  # delta0 no longer depends on the action
+        model.graph_bias.fill_(3.0)  # a dense graph, so every node hears node 0
+    fixed = torch.zeros(B, N, 2)
+    fixed[:, 0] = 1.0  # only node 0 is intervened on, for both actions
+    monkeypatch.setattr(model, "_mask", lambda logits, hard: fixed)
+    model.eval()
+    logits = model(random_codes(), torch.tensor([[0, 1]] * B)).logits
+    assert torch.allclose(logits[:, 0, 0], logits[:, 1, 0])  # the intervened node agrees
+    assert not torch.allclose(logits[:, 0, 1:], logits[:, 1, 1:], atol=1e-4)
+
+
+def test_no_change_means_copy_structure(model: CausalTransition, monkeypatch) -> None:
+    """With an empty mask nothing moves: every action gives the same prediction."""
+    monkeypatch.setattr(model, "_mask", lambda logits, hard: torch.zeros_like(logits))
+    logits = model(random_codes()).logits
+    assert torch.allclose(logits[:, 0], logits[:, 1]) and torch.allclose(logits[:, 0], logits[:, 2])
+
+
+def test_batched_scores_equal_sequential(model: CausalTransition) -> None:
+    model.eval()
+    codes, codes_next = random_codes(), random_codes()
+    batched = model.score_actions(codes, codes_next)
+    sequential = []
+    for a in range(A):
+        logits = model(codes, torch.full((B,), a)).logits[:, 0]  # (B, N, K)
+        log_p = logits.log_softmax(-1).gather(-1, codes_next[..., None]).squeeze(-1)
+        sequential.append(log_p.sum(-1))
+    assert torch.allclose(batched, torch.stack(sequential, dim=1), atol=1e-4, rtol=1e-5)
+    probs = retrieval_probabilities(batched)
+    assert torch.allclose(probs.sum(-1), torch.ones(B))
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_no_pairwise_feature_tensor() -> None:
+    """N = 256: nothing of size B*N*N*hidden is ever built, in retrieval or in training."""
+    n, b, hidden, actions = 256, 8, 64, 12
+    model = CausalTransition(n, 16, 1, actions, TransitionModelConfig(hidden=hidden))
+    codes = random_codes(b, n, 16)
+    with LargestTensor() as probe:
+        with torch.no_grad():
+            model.eval()
+            model.score_actions(codes, codes)
+        model.train()
+        model.losses(codes, torch.randint(0, actions, (b,)), codes)["total"].backward()
+    assert probe.largest < b * n * n * hidden // 8, probe.largest
+
+
+def test_losses_are_finite_and_reach_every_parameter() -> None:
+    torch.manual_seed(0)
+    config = TransitionModelConfig(hidden=16, heads=2, w_acyclic=0.1)
+    model = CausalTransition(N, K, C, A, config)
+    losses = model.losses(random_codes(), torch.randint(0, A, (B,)), random_codes())
+    expected = {"code", "identity", "retrieval", "mask", "graph", "acyclic", "total"}
+    assert expected <= losses.keys()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["acyclic"] > 0
+    losses["total"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_notears_is_zero_on_a_dag() -> None:
+    dag = torch.triu(torch.rand(5, 5), diagonal=1)
+    assert notears(dag).abs() < 1e-5
+    assert notears(dag + dag.T) > 0.1
+
+
+def test_classifier_shapes() -> None:
+    head = ActionClassifier(N, K, C, A, hidden=8)
+    assert head(random_codes(), random_codes()).shape == (B, A)
+
+
+# ---- learning on a discrete toy --------------------------------------------------------
+
+TN, TK, TA = 8, 6, 4
+
+
+def toy_pairs(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Variable 1 copies variable 0 (its parent); actions 0/1 move v0 by +-1, 2/3 move v5."""
+    codes = torch.randint(0, TK, (b, TN), generator=gen)
+    codes[:, 1] = codes[:, 0]
+    actions = torch.randint(0, TA, (b,), generator=gen)
+    step = 1 - 2 * (actions % 2)
+    target = torch.where(actions < 2, 0, 5)
+    rows = torch.arange(b)
+    codes_next = codes.clone()
+    codes_next[rows, target] = (codes[rows, target] + step) % TK
+    codes_next[:, 1] = codes_next[:, 0]
+    return codes, actions, codes_next
+
+
+def test_transition_learns_the_toy() -> None:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = CausalTransition(TN, TK, 1, TA, TransitionModelConfig(hidden=32))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = model.losses(*toy_pairs(64, gen))["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    codes, actions, codes_next = toy_pairs(1000, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        retrieved = model.score_actions(codes, codes_next).argmax(-1)
+    assert (retrieved == actions).float().mean() >= 0.95
+    exact = (model.predict(codes, actions) == codes_next).all(-1).float().mean()
+    assert exact >= 0.9
+    noop = torch.full_like(actions, TA)
+    assert (model.predict(codes, noop) == codes).all(-1).float().mean() >= 0.9
+
+
+def test_classifier_learns_the_toy() -> None:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    head = ActionClassifier(TN, TK, 1, TA, hidden=32)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(300):
+        codes, actions, codes_next = toy_pairs(64, gen)
+        loss = F.cross_entropy(head(codes, codes_next), actions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    codes, actions, codes_next = toy_pairs(1000, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        accuracy = (head(codes, codes_next).argmax(-1) == actions).float().mean()
+    assert accuracy >= 0.9

@@ -1,0 +1,1 @@
+"""Metrics: retrieval, interventions, reconstruction."""

@@ -1,0 +1,99 @@
+"""Using a trained run: which action turns a into b, and what a does to an image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vqcausal.errors import VQCausalError
+from vqcausal.imageio import image_files, load_image
+from vqcausal.models.ctvae import CausalVQVAE
+from vqcausal.train.checkpoint import load_model_from_run, newest_finished_run
+
+
+def open_run(run: str | None, runs_root: str = "runs") -> tuple[CausalVQVAE, Path]:
+    """The model of ``run``, or of the newest finished run under ``runs_root``."""
+    run_dir = Path(run) if run else newest_finished_run(runs_root)
+    model, _ = load_model_from_run(run_dir)
+    return model, run_dir
+
+
+def load_for_model(model: CausalVQVAE, paths: list[Path]) -> torch.Tensor:
+    """Images converted to the model's channels and size, stacked (B, C, H, W)."""
+    c, h, w = model.args.image_shape
+    return torch.stack([load_image(p, c, (h, w)) for p in paths])
+
+
+def pair_paths(a: str | Path, b: str | Path) -> list[tuple[Path, Path]]:
+    """Two image files, or two folders whose images are paired by file name."""
+    a, b = Path(a), Path(b)
+    if a.is_dir() != b.is_dir():
+        raise VQCausalError("give two image files or two folders of images, not one of each")
+    if not a.is_dir():
+        return [(a, b)]
+    files_a, files_b = image_files(a), image_files(b)
+    names = sorted(set(files_a) & set(files_b))
+    if not names:
+        raise VQCausalError(f"no image file names shared by {a} and {b}")
+    return [(files_a[n], files_b[n]) for n in names]
+
+
+@dataclass
+class Retrieval:
+    image_a: Path
+    image_b: Path
+    actions: list[tuple[str, float]]  # top-k (name, probability), most likely first
+
+    def to_dict(self) -> dict:
+        return {
+            "image_a": str(self.image_a),
+            "image_b": str(self.image_b),
+            "actions": [{"action": n, "probability": p} for n, p in self.actions],
+        }
+
+
+@torch.no_grad()
+def retrieve(
+    model: CausalVQVAE,
+    pairs: list[tuple[Path, Path]],
+    top_k: int = 3,
+    method: str | None = None,
+    batch: int = 64,
+) -> list[Retrieval]:
+    """Top-k actions explaining each pair, scored in batches."""
+    names = model.args.action_names
+    k = max(1, min(top_k, len(names)))
+    results = []
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        x = load_for_model(model, [a for a, _ in chunk])
+        x_next = load_for_model(model, [b for _, b in chunk])
+        probs = model.retrieve(x, x_next, method)
+        top = probs.topk(k, dim=-1)
+        for (a, b), p, i in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
+            results.append(Retrieval(a, b, [(names[j], q) for j, q in zip(i, p, strict=True)]))
+    return results
+
+
+def action_indices(model: CausalVQVAE, names: list[str]) -> list[int]:
+    known = model.args.action_names
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise VQCausalError(f"unknown action '{unknown[0]}'; this run knows {', '.join(known)}")
+    return [known.index(n) for n in names]
+
+
+@torch.no_grad()
+def intervene(
+    model: CausalVQVAE, image: Path, actions: list[str], steps: int = 1
+) -> tuple[torch.Tensor, list[str]]:
+    """x and the counterfactual after each applied action: (1 + len(actions)*steps, C, H, W)."""
+    if steps < 1:
+        raise VQCausalError("--steps must be at least 1")
+    sequence = [a for a in action_indices(model, actions) for _ in range(steps)]
+    x = load_for_model(model, [image])
+    out = model.intervene(x, torch.tensor([sequence]))[0]
+    labels = ["input"] + [model.args.action_names[a] for a in sequence]
+    return torch.cat([x, out]), labels

@@ -1,0 +1,1 @@
+"""Models: encoder/decoder, quantizer, causal transition, retrieval and baselines."""

@@ -1,0 +1,68 @@
+"""Action retrieval: p(action | x, x') from code variables.
+
+Two heads: analysis-by-synthesis (``CausalTransition.score_actions`` gives log-likelihoods,
+``retrieval_probabilities`` turns them into a posterior under a uniform action prior) and a
+learned classifier on the pair of code grids, a cheap baseline that needs no transition.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vqcausal.models.variables import codebook_offsets
+
+
+def retrieval_probabilities(scores: Tensor) -> Tensor:
+    """Softmax over actions of log-likelihood scores (B, A): the posterior under a flat prior."""
+    return scores.softmax(dim=-1)
+
+
+class ActionClassifier(nn.Module):
+    """Learned retrieval head on (codes of x, codes of x').
+
+    Each variable is embedded from its code, its next code, a learned "changed" flag and its
+    position; a per-node MLP mixes them, then mean- and max-pooling over variables (the max
+    picks out the few nodes an atomic action moves) feed a linear layer over actions.
+    """
+
+    def __init__(
+        self,
+        num_variables: int,
+        codebook_size: int,
+        num_codebooks: int,
+        num_actions: int,
+        hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        self.num_variables = num_variables
+        offsets = codebook_offsets(num_variables, num_codebooks, codebook_size)
+        self.register_buffer("code_offset", offsets, persistent=False)
+        self.code_embed = nn.Embedding(num_codebooks * codebook_size, hidden)
+        self.next_embed = nn.Embedding(num_codebooks * codebook_size, hidden)
+        self.changed_embed = nn.Embedding(2, hidden)
+        self.pos_embed = nn.Parameter(torch.randn(num_variables, hidden) * 0.5)
+        self.node = nn.Sequential(
+            nn.LayerNorm(hidden),
+            nn.Linear(hidden, 2 * hidden),
+            nn.GELU(),
+            nn.Linear(2 * hidden, hidden),
+        )
+        self.head = nn.Sequential(nn.LayerNorm(2 * hidden), nn.Linear(2 * hidden, num_actions))
+
+    def forward(self, codes: Tensor, codes_next: Tensor) -> Tensor:
+        """Codes (B, N) and next codes (B, N) long -> action logits (B, A)."""
+        if codes.shape != codes_next.shape or codes.shape[-1] != self.num_variables:
+            raise ValueError(
+                f"codes and codes_next must both be (B, {self.num_variables}), "
+                f"got {tuple(codes.shape)} and {tuple(codes_next.shape)}"
+            )
+        x = (
+            self.code_embed(codes + self.code_offset)
+            + self.next_embed(codes_next + self.code_offset)
+            + self.changed_embed((codes != codes_next).long())
+            + self.pos_embed
+        )
+        x = x + self.node(x)
+        pooled = torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=-1)
+        return self.head(pooled)

@@ -1,0 +1,194 @@
+"""Run folders and crash-safe checkpoints.
+
+A checkpoint is a folder ``checkpoints/step-NNNNNNN/`` holding
+
+* ``model.safetensors``: the weights (no pickle),
+* ``meta.json``: model args, the resolved config, step, stage, whether training finished,
+* ``train_state.pt``: optimizer and RNG state for resuming (tensors and plain containers
+  only, loaded with ``torch.load(weights_only=True)``).
+
+It is written under a temporary name and renamed into place, then ``checkpoints/latest``
+is replaced atomically, so a crash at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from vqcausal.config import Config, ConfigError, from_dict
+from vqcausal.errors import VQCausalError
+from vqcausal.models.ctvae import CausalVQVAE, ModelArgs, ModelConfig
+
+LATEST = "latest"
+
+
+class CheckpointError(VQCausalError):
+    """A run folder or checkpoint that cannot be used."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    meta: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.meta.get("finished", False))
+
+
+def new_run_dir(config: Config) -> Path:
+    """A fresh, uniquely named run folder under ``config.runs``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(config.runs) / f"{config.name or config.data.dataset}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    model: CausalVQVAE,
+    meta: dict,
+    train_state: dict | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write a checkpoint folder atomically and point ``latest`` at it."""
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step-{int(meta['step']):07d}"
+    tmp = folder / f".tmp-{name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    if train_state is not None:
+        torch.save(train_state, tmp / "train_state.pt")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    final = folder / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    write_text_atomic(folder / LATEST, name)
+    _prune(folder, keep, current=name)
+    return final
+
+
+def _prune(folder: Path, keep: int, current: str) -> None:
+    finished = sorted(p for p in folder.glob("step-*") if p.is_dir())
+    for old in finished[:-keep]:
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Checkpoint:
+    """The newest complete checkpoint of a run folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder not found: {run_dir}")
+    pointer = run_dir / "checkpoints" / LATEST
+    try:
+        name = pointer.read_text().strip()
+    except OSError:
+        raise CheckpointError(
+            f"{run_dir}: no checkpoint yet (is it a vqcausal run folder?)"
+        ) from None
+    path = run_dir / "checkpoints" / name
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        int(meta["step"])
+        meta["model_args"]["image_shape"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: damaged checkpoint description ({err})") from None
+    return Checkpoint(path, meta)
+
+
+def model_args_from_meta(meta: dict) -> ModelArgs:
+    raw = meta["model_args"]
+    try:
+        model = from_dict(ModelConfig, raw["model"], prefix="model.")
+        return ModelArgs(list(raw["image_shape"]), list(raw["action_names"]), model)
+    except (KeyError, TypeError, ConfigError) as err:
+        raise CheckpointError(f"checkpoint model description is unusable ({err})") from None
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights strictly; any mismatch is a one-line CheckpointError."""
+    file = path / "model.safetensors"
+    try:
+        missing, unexpected = load_model(model, str(file), strict=False)
+    except (OSError, SafetensorError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{file}: cannot load weights ({first})") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file}: weights do not match the model "
+            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+        )
+
+
+def load_model_from_run(run_dir: str | Path) -> tuple[CausalVQVAE, Checkpoint]:
+    """Rebuild the model of a run from its newest checkpoint alone (no config file needed)."""
+    ckpt = latest_checkpoint(run_dir)
+    model = CausalVQVAE(model_args_from_meta(ckpt.meta))
+    load_weights(model, ckpt.path)
+    model.eval()
+    return model, ckpt
+
+
+def load_train_state(ckpt: Checkpoint) -> dict | None:
+    path = ckpt.path / "train_state.pt"
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a damaged file
+        raise CheckpointError(f"{path}: cannot read training state ({err})") from None
+
+
+def config_from_meta(meta: dict) -> Config:
+    try:
+        return from_dict(Config, meta["config"])
+    except (KeyError, ConfigError) as err:
+        raise CheckpointError(f"checkpoint config is unusable ({err})") from None
+
+
+def newest_finished_run(runs: str | Path = "runs") -> Path:
+    """The most recently finished run under ``runs`` (what ``vqcausal retrieve`` uses)."""
+    root = Path(runs)
+    candidates = []
+    for pointer in root.glob(f"*/checkpoints/{LATEST}") if root.is_dir() else []:
+        run_dir = pointer.parent.parent
+        try:
+            ckpt = latest_checkpoint(run_dir)
+        except CheckpointError:
+            continue
+        if ckpt.finished:
+            candidates.append((pointer.stat().st_mtime, run_dir))
+    if not candidates:
+        raise CheckpointError(
+            f"no finished run under {root}/; train one with `python train.py` "
+            "or name one with --run RUN_DIR"
+        )
+    return max(candidates)[1]

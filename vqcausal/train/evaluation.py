@@ -1,0 +1,108 @@
+"""Held-out evaluation during training: reconstruction, retrieval, counterfactuals, figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vqcausal.data.transitions import Transitions, TransitionSampler
+from vqcausal.eval.metrics import psnr, retrieval_summary
+from vqcausal.models.ctvae import RETRIEVAL_METHODS, CausalVQVAE
+from vqcausal.models.quantizer import code_usage
+from vqcausal.viz import heatmap, labelled_rows, save_png
+
+
+@dataclass
+class EvalSet:
+    """A fixed set of held-out (test-split) pairs with their images."""
+
+    transitions: Transitions
+    x: torch.Tensor  # uint8
+    x_next: torch.Tensor  # uint8
+    action_names: list[str]
+
+    @classmethod
+    def draw(cls, sampler: TransitionSampler, n: int, seed: int) -> EvalSet:
+        t = sampler.sample(n, "test", torch.Generator().manual_seed(seed + 104729))
+        x, x_next = sampler.images(t)
+        return cls(t, x, x_next, sampler.space.action_names)
+
+
+def _chunks(n: int, size: int = 256):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def evaluate(model: CausalVQVAE, data: EvalSet, with_transition: bool = True) -> dict:
+    """Metrics on held-out pairs; the model must be in eval mode (deterministic)."""
+    device = _device(model)
+    n = len(data.transitions)
+    recon_psnr, codes, codes_next = [], [], []
+    for part in _chunks(n):
+        x = data.x[part].float().div(255).to(device)
+        x_next = data.x_next[part].float().div(255).to(device)
+        c = model.encode(torch.cat([x, x_next]))
+        codes.append(c[: len(x)])
+        codes_next.append(c[len(x) :])
+        recon_psnr.append(psnr(model.decode_codes(c[: len(x)]), x).cpu())
+    codes, codes_next = torch.cat(codes), torch.cat(codes_next)
+    size = model.args.model.quantizer.codebook_size
+    metrics: dict = {"recon_psnr": torch.cat(recon_psnr).mean().item()}
+    metrics.update(
+        {f"code_{k}": v for k, v in code_usage(model.unflatten_codes(codes).cpu(), size).items()}
+    )
+    if not with_transition:
+        return metrics
+    actions = data.transitions.actions.to(device)
+    for method in RETRIEVAL_METHODS:
+        probs = torch.cat(
+            [model.retrieve_from_codes(codes[p], codes_next[p], method) for p in _chunks(n)]
+        )
+        for key, value in retrieval_summary(probs.cpu(), actions.cpu()).items():
+            metrics[f"retrieval_{method}_{key}"] = value
+    predicted = torch.cat([model.transition.predict(codes[p], actions[p]) for p in _chunks(n)])
+    metrics["counterfactual_code_accuracy"] = (predicted == codes_next).double().mean().item()
+    cf_psnr = [
+        psnr(model.decode_codes(predicted[p]), data.x_next[p].float().div(255).to(device)).cpu()
+        for p in _chunks(n)
+    ]
+    metrics["counterfactual_psnr"] = torch.cat(cf_psnr).mean().item()
+    return metrics
+
+
+@torch.no_grad()
+def intervention_grid(model: CausalVQVAE, x: torch.Tensor, steps: int = 4) -> tuple[list, list]:
+    """Rows = actions; columns = x then the counterfactual after 1..steps applications."""
+    num_actions = model.args.num_actions
+    device = _device(model)
+    source = x[:1].float().div(255).to(device).expand(num_actions, -1, -1, -1)
+    actions = torch.arange(num_actions, device=device)[:, None].expand(-1, steps)
+    out = model.intervene(source, actions)  # (A, steps, C, H, W)
+    rows = [torch.cat([source[a : a + 1], out[a]]).cpu() for a in range(num_actions)]
+    return rows, list(model.args.action_names)
+
+
+@torch.no_grad()
+def save_figures(
+    model: CausalVQVAE, data: EvalSet, folder: Path, step: int, with_transition: bool
+) -> None:
+    """recon / interventions / adjacency PNGs of this evaluation, named by step."""
+    device = _device(model)
+    x = data.x[:8].float().div(255).to(device)
+    recon = model.decode_codes(model.encode(x)).cpu()
+    save_png(labelled_rows([x.cpu(), recon], ["x", "decoded"]), folder / f"recon-{step:07d}.png")
+    if not with_transition:
+        return
+    rows, labels = intervention_grid(model, data.x)
+    save_png(labelled_rows(rows, labels), folder / f"interventions-{step:07d}.png")
+    codes = model.encode(data.x[:64].float().div(255).to(device))
+    noop = torch.full((len(codes),), model.args.num_actions, dtype=torch.long, device=device)
+    mean_adj = model.transition(codes, noop).adjacency.mean(0).cpu()
+    save_png(heatmap(mean_adj), folder / f"adjacency-{step:07d}.png")

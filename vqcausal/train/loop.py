@@ -1,0 +1,361 @@
+"""The two-stage training loop, driven by accelerate.
+
+Stage 1 trains encoder, quantizer and decoder on images. Stage 2 freezes them, encodes a
+fixed set of training pairs once (the code cache) and trains the causal transition and the
+retrieval classifier on codes only. One global step counter spans both stages, so a run
+resumes exactly where it stopped, in either stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vqcausal.config import Config, to_dict
+from vqcausal.data.source import GroundTruthSource
+from vqcausal.data.transitions import Transitions, TransitionSampler
+from vqcausal.errors import VQCausalError
+from vqcausal.models.ctvae import CausalVQVAE
+from vqcausal.models.quantizer import code_usage
+from vqcausal.train.checkpoint import Checkpoint, load_train_state, save_checkpoint
+from vqcausal.train.evaluation import EvalSet, evaluate, save_figures
+
+
+class TrainingError(VQCausalError):
+    """Training cannot go on (non-finite loss, ...); the last good checkpoint is kept."""
+
+
+class Interrupted(VQCausalError):
+    """Ctrl-C: a checkpoint was saved and the run can be resumed."""
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [0, 1]."""
+    return images.float() / 255.0
+
+
+class Stage1Objective(nn.Module):
+    """Reconstruction + VQ loss; holds only the autoencoder's modules."""
+
+    def __init__(self, model: CausalVQVAE) -> None:
+        super().__init__()
+        self.encoder, self.quantizer, self.decoder = model.encoder, model.quantizer, model.decoder
+
+    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        out = self.quantizer(self.encoder(x))
+        mse = F.mse_loss(self.decoder(out.quantized), x)
+        return {"total": mse + out.loss, "mse": mse, "vq": out.loss}, out.indices
+
+
+class Stage2Objective(nn.Module):
+    """Transition losses + retrieval classifier CE; holds only those modules."""
+
+    def __init__(self, model: CausalVQVAE) -> None:
+        super().__init__()
+        self.transition, self.classifier = model.transition, model.classifier
+
+    def forward(
+        self, codes: torch.Tensor, actions: torch.Tensor, codes_next: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        terms = dict(self.transition.losses(codes, actions, codes_next))
+        terms["classifier"] = F.cross_entropy(self.classifier(codes, codes_next), actions)
+        terms["total"] = terms["total"] + terms["classifier"]
+        return terms
+
+
+@dataclass
+class CodeCache:
+    codes: torch.Tensor
+    actions: torch.Tensor
+    codes_next: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+
+@torch.no_grad()
+def encode_transitions(
+    model: CausalVQVAE, sampler: TransitionSampler, t: Transitions, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes of x and x' for factor-level transitions, rendered and encoded in chunks."""
+    codes, codes_next = [], []
+    device = next(model.parameters()).device
+    for start in range(0, len(t), batch):
+        part = Transitions(
+            *(v[start : start + batch] for v in (t.values, t.actions, t.values_next))
+        )
+        x, x_next = sampler.images(part)
+        c = model.encode(to_float(torch.cat([x, x_next])).to(device)).cpu()
+        codes.append(c[: len(part)])
+        codes_next.append(c[len(part) :])
+    return torch.cat(codes), torch.cat(codes_next)
+
+
+class Trainer:
+    """Owns the model, data, run folder and the loop of both stages."""
+
+    def __init__(
+        self,
+        config: Config,
+        source: GroundTruthSource,
+        model: CausalVQVAE,
+        run_dir: Path,
+        accelerator: Accelerator,
+        resume: Checkpoint | None = None,
+    ) -> None:
+        self.config = config
+        self.train = config.train
+        self.source = source
+        self.sampler = TransitionSampler(source, config.transitions)
+        self.model = model.to(accelerator.device)
+        self.run_dir = run_dir
+        self.accelerator = accelerator
+        self.step = 0 if resume is None else resume.step
+        self.state = None if resume is None else load_train_state(resume)
+        rank = accelerator.process_index
+        self.generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+        torch.manual_seed(config.seed * 1000 + rank)
+        self.eval_set = EvalSet.draw(self.sampler, self.train.eval_pairs, config.seed)
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.last_checkpoint: Path | None = None if resume is None else resume.path
+        self.checkpoint_step = None if resume is None else resume.step
+        self.last_loss: float = float("nan")
+
+    # ---- bookkeeping ------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.train.stage1_steps + self.train.stage2_steps
+
+    def stage_of(self, step: int) -> int:
+        return 1 if step < self.train.stage1_steps else 2
+
+    def log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def meta(self, finished: bool) -> dict:
+        return {
+            "step": self.step,
+            "stage": self.stage_of(max(self.step - 1, 0)),
+            "finished": finished,
+            "stage1_steps": self.train.stage1_steps,
+            "stage2_steps": self.train.stage2_steps,
+            "model_args": self.model.args.to_dict(),
+            "config": to_dict(self.config),
+            "data": self.source.describe(),
+            "last_loss": self.last_loss,
+            "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+
+    def checkpoint(self, optimizer: torch.optim.Optimizer | None, finished: bool = False) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            state = {
+                "torch_rng": torch.get_rng_state(),
+                "data_rng": self.generator.get_state(),
+                "stage": torch.tensor(self.stage_of(max(self.step - 1, 0))),
+            }
+            if optimizer is not None:
+                state["optimizer"] = optimizer.state_dict()
+            self.last_checkpoint = save_checkpoint(
+                self.run_dir, self.model, self.meta(finished), state, self.train.keep_checkpoints
+            )
+        self.checkpoint_step = self.step
+        self.accelerator.wait_for_everyone()
+
+    def restore_state(self, optimizer: torch.optim.Optimizer, stage: int) -> None:
+        """Resume: RNG state always, optimizer state if the checkpoint was taken in this stage.
+
+        Restoring both makes a resumed run follow the uninterrupted one bit for bit on CPU.
+        """
+        if self.state is None:
+            return
+        if self.accelerator.num_processes == 1:
+            torch.set_rng_state(self.state["torch_rng"])
+            self.generator.set_state(self.state["data_rng"])
+        if "optimizer" in self.state and int(self.state["stage"]) == stage:
+            optimizer.load_state_dict(self.state["optimizer"])
+        self.state = None
+
+    # ---- stages -------------------------------------------------------------------------
+    def run(self, stages: tuple[int, ...] = (1, 2)) -> None:
+        if 1 in stages and self.step < self.train.stage1_steps:
+            self.stage1()
+        if 2 in stages and self.step < self.total_steps:
+            if self.step < self.train.stage1_steps:
+                raise TrainingError(
+                    f"stage 2 needs a finished stage 1 (at step {self.step} of "
+                    f"{self.train.stage1_steps}); run --stage 1 or --stage all first"
+                )
+            self.stage2()
+        done = self.step >= self.total_steps
+        if self.checkpoint_step != self.step:  # e.g. nothing was left to train
+            self.checkpoint(None, finished=done)
+        if self.accelerator.is_main_process:
+            self.final_evaluation()
+
+    def stage1(self) -> None:
+        model = self.model
+        objective = Stage1Objective(model)
+        params = [p for p in objective.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.train.lr)
+        self.restore_state(optimizer, 1)
+        objective, optimizer = self.accelerator.prepare(objective, optimizer)
+        device = self.accelerator.device
+        half = max(self.train.batch_size // 2, 1)
+
+        def step_fn() -> dict[str, float]:
+            t = self.sampler.sample(half, "train", self.generator)
+            x, x_next = self.sampler.images(t)
+            images = to_float(torch.cat([x, x_next])).to(device)
+            with self.accelerator.autocast():
+                terms, indices = objective(images)
+            self._update(terms["total"], optimizer, objective)
+            out = {k: v.item() for k, v in terms.items()}
+            if self.step % self.train.log_every == 0:
+                out.update(
+                    code_usage(indices.detach().cpu(), model.args.model.quantizer.codebook_size)
+                )
+            return out
+
+        model.train()
+        self._loop(1, self.train.stage1_steps, step_fn, optimizer)
+
+    def stage2(self) -> None:
+        model = self.model
+        for module in (model.encoder, model.quantizer, model.decoder):
+            module.requires_grad_(False)
+        cache = self.code_cache()
+        objective = Stage2Objective(model)
+        optimizer = torch.optim.AdamW(objective.parameters(), lr=self.train.stage2_lr)
+        self.restore_state(optimizer, 2)
+        objective, optimizer = self.accelerator.prepare(objective, optimizer)
+        device = self.accelerator.device
+
+        def step_fn() -> dict[str, float]:
+            idx = torch.randint(
+                len(cache), (self.train.stage2_batch_size,), generator=self.generator
+            )
+            batch = (cache.codes[idx], cache.actions[idx], cache.codes_next[idx])
+            with self.accelerator.autocast():
+                terms = objective(*(b.to(device) for b in batch))
+            self._update(terms["total"], optimizer, objective)
+            return {k: v.item() for k, v in terms.items()}
+
+        model.eval()  # frozen autoencoder: EMA codebooks must not move
+        model.transition.train()
+        model.classifier.train()
+        self._loop(2, self.total_steps, step_fn, optimizer)
+
+    def code_cache(self) -> CodeCache:
+        """Training pairs encoded once by the frozen stage-1 model; kept in the run folder."""
+        path = self.run_dir / "cache" / "stage2_codes.safetensors"
+        if path.exists():
+            data = load_file(str(path))
+            return CodeCache(
+                data["codes"].long(), data["actions"].long(), data["codes_next"].long()
+            )
+        generator = torch.Generator().manual_seed(self.config.seed + 7919)
+        t = self.sampler.sample(self.train.cache_pairs, "train", generator)
+        was_training = self.model.training
+        self.model.eval()
+        codes, codes_next = encode_transitions(self.model, self.sampler, t)
+        self.model.train(was_training)
+        cache = CodeCache(codes, t.actions, codes_next)
+        if self.accelerator.is_main_process:
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            save_file(
+                {"codes": codes.int(), "actions": t.actions, "codes_next": codes_next.int()},
+                str(tmp),
+            )
+            tmp.replace(path)
+        return cache
+
+    def _update(
+        self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module
+    ) -> None:
+        if not torch.isfinite(loss.detach()):
+            where = self.last_checkpoint or "none yet"
+            raise TrainingError(
+                f"non-finite loss at step {self.step}; stopped without saving "
+                f"(last good checkpoint: {where})"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        if self.train.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(module.parameters(), self.train.grad_clip)
+        optimizer.step()
+
+    def _loop(
+        self,
+        stage: int,
+        end: int,
+        step_fn: Callable[[], dict[str, float]],
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
+        start_time = time.perf_counter()
+        start_step = self.step
+        columns = (
+            TextColumn(f"stage {stage}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn(),
+        )
+        disable = not self.accelerator.is_main_process
+        with Progress(*columns, disable=disable, transient=False) as progress:
+            task = progress.add_task("train", total=end, completed=self.step, loss=float("nan"))
+            try:
+                while self.step < end:
+                    terms = step_fn()
+                    self.step += 1
+                    self.last_loss = terms["total"]
+                    progress.update(task, advance=1, loss=terms["total"])
+                    if self.step % self.train.log_every == 0 or self.step == end:
+                        rate = (self.step - start_step) / (time.perf_counter() - start_time)
+                        self.log({"stage": stage, "step": self.step, "steps_per_s": rate, **terms})
+                    if self.step % self.train.eval_every == 0 and self.accelerator.is_main_process:
+                        self.evaluate_now(stage)
+                    if self.step % self.train.checkpoint_every == 0 or self.step == end:
+                        self.checkpoint(optimizer, finished=self.step >= self.total_steps)
+            except KeyboardInterrupt:
+                self.checkpoint(optimizer, finished=False)
+                raise Interrupted(
+                    f"interrupted at step {self.step}; checkpoint saved; resume with "
+                    f"`python train.py --resume {self.run_dir}`"
+                ) from None
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def evaluate_now(self, stage: int) -> dict:
+        was_training = self.model.training
+        self.model.eval()
+        metrics = evaluate(self.model, self.eval_set, with_transition=stage == 2)
+        save_figures(self.model, self.eval_set, self.run_dir / "figures", self.step, stage == 2)
+        self.model.train(was_training)
+        if stage == 2:  # the autoencoder stays frozen in eval mode
+            self.model.encoder.eval(), self.model.quantizer.eval(), self.model.decoder.eval()
+        self.log({"stage": stage, "step": self.step, "eval": metrics})
+        return metrics
+
+    def final_evaluation(self) -> None:
+        stage = self.stage_of(max(self.step - 1, 0))
+        metrics = self.evaluate_now(stage)
+        summary = {"step": self.step, "finished": self.step >= self.total_steps, **metrics}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        if not math.isnan(self.last_loss):
+            shown["last_loss"] = round(self.last_loss, 4)
+        print(f"evaluation at step {self.step}: {shown}")
