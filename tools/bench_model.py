@@ -1,0 +1,169 @@
+"""Model throughput and peak memory at the official CT-VAE setting and at our default config.
+
+    python tools/bench_model.py [--settings official default] [--repeats 5] [--out FILE.json]
+
+Each measurement runs in a fresh subprocess, so its peak memory (max RSS, whole process,
+torch included) is its own. Rates are medians of ``--repeats`` timed runs after a warm-up.
+
+Official setting (DESIGN.md section 5): 64x64 RGB, encoder widths 64-128-256 -> 8x8 grid,
+64 codes, D = 128, 12 actions, batch 16. Targets on the 2-core CPU: transition-stage
+training >= 15 samples/s, retrieval >= 25 pairs/s from images and >= 1,000 pairs/s from
+cached codes, peak memory <= 1 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+SETTINGS = {
+    "official": [
+        "model.autoencoder.widths=[64, 128, 256]",
+        "model.autoencoder.residual_layers=2",
+        "model.autoencoder.embed_dim=128",
+        "model.quantizer.codebook_size=64",
+        "model.quantizer.codebooks=1",
+    ],
+    "default": [],  # configs/shapes3d.toml as it is
+}
+BENCHES = {
+    "stage1_train": ("images/s", "VQ-VAE step (encode, quantize, decode, backward)"),
+    "stage2_train": ("samples/s", "transition + classifier step on cached codes"),
+    "retrieve_codes": ("pairs/s", "analysis-by-synthesis over all actions, from codes"),
+    "retrieve_images": ("pairs/s", "encode x and x', then retrieve"),
+    "intervene": ("images/s", "encode, one action, decode"),
+}
+TARGETS = {"stage2_train": 15, "retrieve_codes": 1000, "retrieve_images": 25}
+
+
+def median_rate(fn: Callable[[], int], repeats: int) -> float:
+    fn()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def worker(bench: str, setting: str, batch: int, repeats: int) -> dict:
+    """One measurement in this process; returns its rate and the process's peak memory."""
+    from vqcausal.config import load_config
+    from vqcausal.models.ctvae import CausalVQVAE, ModelArgs
+    from vqcausal.train.loop import Stage1Objective, Stage2Objective
+
+    config = load_config("configs/shapes3d.toml", SETTINGS[setting])
+    actions = [f"a{i}" for i in range(12)]
+    torch.manual_seed(0)
+    model = CausalVQVAE(ModelArgs([3, 64, 64], actions, config.model))
+    n, k = model.args.num_variables, config.model.quantizer.codebook_size
+    x, x_next = torch.rand(batch, 3, 64, 64), torch.rand(batch, 3, 64, 64)
+    codes, codes_next = torch.randint(k, (batch, n)), torch.randint(k, (batch, n))
+    action = torch.randint(12, (batch,))
+
+    def train_step(objective: torch.nn.Module, inputs: tuple, count: int) -> Callable[[], int]:
+        optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad])
+
+        def step() -> int:
+            out = objective(*inputs)
+            loss = (out[0] if isinstance(out, tuple) else out)["total"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return count
+
+        return step
+
+    if bench == "stage1_train":
+        model.train()
+        fn = train_step(Stage1Objective(model), (x,), batch)
+    elif bench == "stage2_train":
+        model.eval()
+        model.transition.train(), model.classifier.train()
+        fn = train_step(Stage2Objective(model), (codes, action, codes_next), batch)
+    else:
+        model.eval()
+        fns = {
+            "retrieve_codes": lambda: model.retrieve_from_codes(codes, codes_next).shape[0],
+            "retrieve_images": lambda: model.retrieve(x, x_next).shape[0],
+            "intervene": lambda: model.intervene(x, action).shape[0],
+        }
+        fn = fns[bench]
+    rate = median_rate(fn, repeats)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rate": rate, "peak_mb": peak_mb, "variables": n, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--benches", nargs="+", default=list(BENCHES), choices=list(BENCHES))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="bench_results/bench_model.json")
+    parser.add_argument("--worker", nargs=2, metavar=("BENCH", "SETTING"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.batch, args.repeats)))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = []
+    for setting in args.settings:
+        for bench in args.benches:
+            cmd = [sys.executable, __file__, "--worker", bench, setting]
+            cmd += ["--batch", str(args.batch), "--repeats", str(args.repeats)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"setting": setting, "bench": bench, "unit": BENCHES[bench][0], **result})
+
+    table = Table(
+        "setting",
+        "measurement",
+        "rate",
+        "unit",
+        "target",
+        "peak MB",
+        title=f"model benchmarks: batch {args.batch}, median of {args.repeats}",
+    )
+    for r in rows:
+        target = TARGETS.get(r["bench"]) if r["setting"] == "official" else None
+        ok = "" if target is None else (" ok" if r["rate"] >= target else " MISSED")
+        table.add_row(
+            r["setting"],
+            r["bench"],
+            f"{r['rate']:,.1f}",
+            r["unit"],
+            "" if target is None else f">= {target}{ok}",
+            f"{r['peak_mb']:,.0f}",
+        )
+    Console().print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "model",
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "descriptions": {k: v[1] for k, v in BENCHES.items()},
+        "results": rows,
+    }
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
