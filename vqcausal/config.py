@@ -46,15 +46,15 @@ class DataConfig:
 class TrainConfig:
     """Two stages: (1) the VQ-VAE on images, (2) transition + retrieval on cached codes."""
 
-    stage1_steps: int = 3000
+    stage1_steps: int = 6000
     stage2_steps: int = 3000
     batch_size: int = 32  # images per stage-1 step (per process)
     stage2_batch_size: int = 64  # cached pairs per stage-2 step (per process)
-    lr: float = 1e-3
+    lr: float = 2e-3
     stage2_lr: float = 1e-3
     grad_clip: float = 1.0
     cache_pairs: int = 20_000  # train pairs encoded once for stage 2
-    eval_pairs: int = 512  # held-out pairs for the in-training evaluation
+    eval_pairs: int = 1024  # held-out pairs for the in-training evaluation
     eval_every: int = 1000
     log_every: int = 50
     checkpoint_every: int = 500

@@ -57,13 +57,15 @@ def _act() -> nn.LeakyReLU:
 class AutoencoderConfig:
     """Encoder/decoder shape; ``len(widths)`` stride-2 stages set the grid size."""
 
-    widths: list[int] = field(default_factory=lambda: [64, 128, 256])
-    residual_layers: int = 2
-    embed_dim: int = 128  # D, channels of the feature grid handed to the quantizer
+    # defaults: the CPU-sized model of configs/shapes3d.toml; CT-VAE's official setting is
+    # widths [64, 128, 256], residual_layers 2, embed_dim 128 (tools/bench_model.py)
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    residual_layers: int = 1
+    embed_dim: int = 64  # D, channels of the feature grid handed to the quantizer
     # kernel of the encoder's convs after downsampling: 3 widens each code's view of the
     # image by a cell per conv; 1 keeps a code local to the strided convs' receptive field
     # (about 3 cells), so an action that changes one region changes only that region's codes
-    encoder_kernel: int = 3
+    encoder_kernel: int = 1
 
 
 def _check_config(config: AutoencoderConfig) -> tuple[int, ...]:

@@ -33,7 +33,7 @@ from vector_quantize_pytorch import VectorQuantize
 class QuantizerConfig:
     """Codebook settings; see ecosystem.md section 1.2 for what each option does."""
 
-    codebook_size: int = 64
+    codebook_size: int = 128
     codebooks: int = 1  # each quantizes a DISJOINT group of D / codebooks channels
     decay: float = 0.8  # EMA decay
     commitment_weight: float = 0.25
