@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from vqcausal.config import load_config
-from vqcausal.models.ctvae import CausalVQVAE, ModelArgs
+from vqcausal.models.base import ModelArgs
+from vqcausal.models.ctvae import CausalVQVAE
 from vqcausal.train.checkpoint import load_model_from_run, save_checkpoint
 
 ACTIONS = ["position+", "position-", "hue+", "hue-"]
@@ -26,7 +27,7 @@ def test_shapes_through_every_path(codebooks):
     assert model.args.num_variables == n
     codes = model.encode(x)
     assert codes.shape == (5, n) and codes.dtype == torch.long
-    assert model.decode_codes(codes).shape == (5, 3, 16, 16)
+    assert model.decode_latent(codes).shape == (5, 3, 16, 16)
     assert model.intervene(x, torch.tensor([0, 1, 2, 3, 0])).shape == (5, 1, 3, 16, 16)
     rollout = model.intervene(x, torch.randint(4, (5, 3)))
     assert rollout.shape == (5, 3, 3, 16, 16)
@@ -45,14 +46,14 @@ def test_indices_codes_output_round_trip():
     out = model.quantize(x)
     codes = model.flatten_indices(out.indices)
     assert torch.equal(model.unflatten_codes(codes), out.indices)
-    assert torch.allclose(model.decode_codes(codes), model.decoder(out.quantized), atol=1e-6)
+    assert torch.allclose(model.decode_latent(codes), model.decoder(out.quantized), atol=1e-6)
 
 
 def test_rollout_is_repeated_single_steps():
     model = tiny_model()
     codes = model.encode(torch.rand(2, 3, 16, 16))
     actions = torch.tensor([[2, 0], [1, 3]])
-    steps = model.intervene_codes(codes, actions)
+    steps = model.intervene_latent(codes, actions)
     one = model.transition.predict(codes, actions[:, 0])
     two = model.transition.predict(one, actions[:, 1])
     assert torch.equal(steps[:, 0], one) and torch.equal(steps[:, 1], two)

@@ -65,24 +65,22 @@ def median_rate(fn: Callable[[], int], repeats: int) -> float:
 def worker(bench: str, setting: str, batch: int, repeats: int) -> dict:
     """One measurement in this process; returns its rate and the process's peak memory."""
     from vqcausal.config import load_config
-    from vqcausal.models.ctvae import CausalVQVAE, ModelArgs
-    from vqcausal.train.loop import Stage1Objective, Stage2Objective
+    from vqcausal.models.base import ModelArgs, build_model
 
     config = load_config("configs/shapes3d.toml", SETTINGS[setting])
     actions = [f"a{i}" for i in range(12)]
     torch.manual_seed(0)
-    model = CausalVQVAE(ModelArgs([3, 64, 64], actions, config.model))
+    model = build_model(ModelArgs([3, 64, 64], actions, config.model))
     n, k = model.args.num_variables, config.model.quantizer.codebook_size
     x, x_next = torch.rand(batch, 3, 64, 64), torch.rand(batch, 3, 64, 64)
     codes, codes_next = torch.randint(k, (batch, n)), torch.randint(k, (batch, n))
     action = torch.randint(12, (batch,))
 
-    def train_step(objective: torch.nn.Module, inputs: tuple, count: int) -> Callable[[], int]:
+    def train_step(objective: torch.nn.Module, batch: dict, count: int) -> Callable[[], int]:
         optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad])
 
         def step() -> int:
-            out = objective(*inputs)
-            loss = (out[0] if isinstance(out, tuple) else out)["total"]
+            loss = objective(batch)[0]["total"]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -92,11 +90,13 @@ def worker(bench: str, setting: str, batch: int, repeats: int) -> dict:
 
     if bench == "stage1_train":
         model.train()
-        fn = train_step(Stage1Objective(model), (x,), batch)
+        fn = train_step(model.stage1_objective(), {"x": x}, batch)
     elif bench == "stage2_train":
-        model.eval()
-        model.transition.train(), model.classifier.train()
-        fn = train_step(Stage2Objective(model), (codes, action, codes_next), batch)
+        model.train()
+        for module in model.stage1_modules():
+            module.eval()
+        pairs = {"latents": codes, "actions": action, "latents_next": codes_next}
+        fn = train_step(model.stage2_objective(), pairs, batch)
     elif bench == "retrieve_codes_compiled":
         model.eval()
         score = torch.compile(model.transition.score_actions)
@@ -108,7 +108,7 @@ def worker(bench: str, setting: str, batch: int, repeats: int) -> dict:
     else:
         model.eval()
         fns = {
-            "retrieve_codes": lambda: model.retrieve_from_codes(codes, codes_next).shape[0],
+            "retrieve_codes": lambda: model.retrieve_from_latents(codes, codes_next).shape[0],
             "retrieve_images": lambda: model.retrieve(x, x_next).shape[0],
             "intervene": lambda: model.intervene(x, action).shape[0],
         }

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from vqcausal.data.transitions import TransitionConfig
 from vqcausal.errors import VQCausalError
-from vqcausal.models.ctvae import ModelConfig
+from vqcausal.models.base import ModelConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

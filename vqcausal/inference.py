@@ -9,18 +9,18 @@ import torch
 
 from vqcausal.errors import VQCausalError
 from vqcausal.imageio import image_files, load_image
-from vqcausal.models.ctvae import CausalVQVAE
+from vqcausal.models.base import CausalImageModel
 from vqcausal.train.checkpoint import load_model_from_run, newest_finished_run
 
 
-def open_run(run: str | None, runs_root: str = "runs") -> tuple[CausalVQVAE, Path]:
+def open_run(run: str | None, runs_root: str = "runs") -> tuple[CausalImageModel, Path]:
     """The model of ``run``, or of the newest finished run under ``runs_root``."""
     run_dir = Path(run) if run else newest_finished_run(runs_root)
     model, _ = load_model_from_run(run_dir)
     return model, run_dir
 
 
-def load_for_model(model: CausalVQVAE, paths: list[Path]) -> torch.Tensor:
+def load_for_model(model: CausalImageModel, paths: list[Path]) -> torch.Tensor:
     """Images converted to the model's channels and size, stacked (B, C, H, W)."""
     c, h, w = model.args.image_shape
     return torch.stack([load_image(p, c, (h, w)) for p in paths])
@@ -56,7 +56,7 @@ class Retrieval:
 
 @torch.no_grad()
 def retrieve(
-    model: CausalVQVAE,
+    model: CausalImageModel,
     pairs: list[tuple[Path, Path]],
     top_k: int = 3,
     method: str | None = None,
@@ -77,7 +77,7 @@ def retrieve(
     return results
 
 
-def action_indices(model: CausalVQVAE, names: list[str]) -> list[int]:
+def action_indices(model: CausalImageModel, names: list[str]) -> list[int]:
     known = model.args.action_names
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -87,7 +87,7 @@ def action_indices(model: CausalVQVAE, names: list[str]) -> list[int]:
 
 @torch.no_grad()
 def intervene(
-    model: CausalVQVAE, image: Path, actions: list[str], steps: int = 1
+    model: CausalImageModel, image: Path, actions: list[str], steps: int = 1
 ) -> tuple[torch.Tensor, list[str]]:
     """x and the counterfactual after each applied action: (1 + len(actions)*steps, C, H, W)."""
     if steps < 1:

@@ -97,3 +97,27 @@ class IndexedSource(GroundTruthSource):
 
     def stored_values(self) -> torch.Tensor:
         return self.row_values
+
+
+class ConceptScaler:
+    """Standardises a source's concept labels (mean 0, std 1), with statistics of a sample.
+
+    Label-supervised latents (CausalVAE's prior p(z_i | u_i) = N(u_i, 1)) want labels on a
+    common scale whatever their units (degrees, pixels, factor indices).
+    """
+
+    def __init__(self, source: GroundTruthSource, n: int = 4096, seed: int = 0) -> None:
+        self.source = source
+        stored = source.stored_values()
+        generator = torch.Generator().manual_seed(seed)
+        if stored is None:
+            values = source.space.sample_values(n, generator)
+        else:
+            values = stored[torch.randint(stored.shape[0], (n,), generator=generator)]
+        concepts = source.concepts(values).double()
+        self.mean = concepts.mean(0)
+        self.std = concepts.std(0).clamp(min=1e-6)
+
+    def normalise(self, values: torch.Tensor) -> torch.Tensor:
+        """Standardised concepts (B, L) float32 for factor values (B, K)."""
+        return ((self.source.concepts(values).double() - self.mean) / self.std).float()

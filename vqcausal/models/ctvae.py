@@ -8,65 +8,54 @@ inference never needs the training config.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vqcausal.models.autoencoder import AutoencoderConfig, Decoder, Encoder
-from vqcausal.models.quantizer import Quantizer, QuantizerConfig, QuantizerOutput
+from vqcausal.models.autoencoder import Decoder, Encoder
+from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel, ModelArgs
+from vqcausal.models.quantizer import Quantizer, QuantizerOutput, code_usage
 from vqcausal.models.retrieval import ActionClassifier, retrieval_probabilities
-from vqcausal.models.transition import CausalTransition, TransitionModelConfig
-
-RETRIEVAL_METHODS = ("synthesis", "classifier")
+from vqcausal.models.transition import CausalTransition
 
 
-@dataclass
-class ModelConfig:
-    """The model section of a run config."""
+class VQAutoencoderObjective(nn.Module):
+    """Stage 1: reconstruction + VQ loss; holds only the autoencoder's modules."""
 
-    latent: str = "vq"
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    transition: TransitionModelConfig = field(default_factory=TransitionModelConfig)
-    classifier_hidden: int = 64
-    retrieval: str = "synthesis"  # default retrieval head: synthesis | classifier
+    def __init__(self, model: CausalVQVAE) -> None:
+        super().__init__()
+        self.encoder, self.quantizer, self.decoder = model.encoder, model.quantizer, model.decoder
+        self.codebook_size = model.args.model.quantizer.codebook_size
 
-
-@dataclass
-class ModelArgs:
-    """Shapes fixed by the data plus the model config: enough to rebuild the network."""
-
-    image_shape: list[int]  # C, H, W
-    action_names: list[str]
-    model: ModelConfig = field(default_factory=ModelConfig)
-
-    @property
-    def num_actions(self) -> int:
-        return len(self.action_names)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        down = 2 ** len(self.model.autoencoder.widths)
-        return self.image_shape[1] // down, self.image_shape[2] // down
-
-    @property
-    def num_variables(self) -> int:
-        h, w = self.grid
-        return h * w * self.model.quantizer.codebooks
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict, dict[str, float]]:
+        x = batch["x"]
+        out = self.quantizer(self.encoder(x))
+        mse = F.mse_loss(self.decoder(out.quantized), x)
+        stats = code_usage(out.indices.detach().cpu(), self.codebook_size)
+        return {"total": mse + out.loss, "mse": mse, "vq": out.loss}, stats
 
 
-class CausalVQVAE(nn.Module):
+class TransitionObjective(nn.Module):
+    """Stage 2: transition losses + retrieval classifier CE; holds only those modules."""
+
+    def __init__(self, model: CausalVQVAE) -> None:
+        super().__init__()
+        self.transition, self.classifier = model.transition, model.classifier
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict, dict[str, float]]:
+        codes, actions, codes_next = batch["latents"], batch["actions"], batch["latents_next"]
+        terms = dict(self.transition.losses(codes, actions, codes_next))
+        terms["classifier"] = F.cross_entropy(self.classifier(codes, codes_next), actions)
+        terms["total"] = terms["total"] + terms["classifier"]
+        return terms, {}
+
+
+class CausalVQVAE(CausalImageModel):
     """Encoder -> quantizer -> decoder, plus the causal transition and a retrieval head."""
 
     def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
-        self.args = args
+        super().__init__(args)
         cfg = args.model
         channels = args.image_shape[0]
         self.encoder = Encoder(channels, cfg.autoencoder)
@@ -98,31 +87,17 @@ class CausalVQVAE(nn.Module):
         """Images -> code variables (B, N) long."""
         return self.flatten_indices(self.quantize(x).indices)
 
-    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
         """Code variables (B, N) -> images (B, C, H, W) in [0, 1]."""
         return self.decoder(self.quantizer.indices_to_features(self.unflatten_codes(codes)))
 
     # ---- interventions and retrieval ----------------------------------------------
-    @torch.no_grad()
-    def intervene_codes(self, codes: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Apply a sequence of actions (B, T) to codes; returns every step's codes (B, T, N)."""
-        steps = []
-        for t in range(actions.shape[1]):
-            codes = self.transition.predict(codes, actions[:, t])
-            steps.append(codes)
-        return torch.stack(steps, dim=1)
+    def step_latent(self, codes: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """One action per row on code variables (deterministic argmax prediction)."""
+        return self.transition.predict(codes, actions)
 
     @torch.no_grad()
-    def intervene(self, x: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Counterfactuals after each of T actions: actions (B,) or (B, T) -> (B, T, C, H, W)."""
-        if actions.ndim == 1:
-            actions = actions[:, None]
-        codes = self.intervene_codes(self.encode(x), actions)
-        images = self.decode_codes(rearrange(codes, "b t n -> (b t) n"))
-        return rearrange(images, "(b t) c h w -> b t c h w", t=actions.shape[1])
-
-    @torch.no_grad()
-    def retrieve_from_codes(
+    def retrieve_from_latents(
         self, codes: torch.Tensor, codes_next: torch.Tensor, method: str | None = None
     ) -> torch.Tensor:
         """p(action | x, x') (B, A) from code variables."""
@@ -133,10 +108,22 @@ class CausalVQVAE(nn.Module):
             return self.classifier(codes, codes_next).softmax(-1)
         raise ValueError(f"unknown retrieval method '{method}'; choose from {RETRIEVAL_METHODS}")
 
+    def latent_stats(self, codes: torch.Tensor) -> dict[str, float]:
+        size = self.args.model.quantizer.codebook_size
+        usage = code_usage(self.unflatten_codes(codes).cpu(), size)
+        return {f"code_{k}": v for k, v in usage.items()}
+
     @torch.no_grad()
-    def retrieve(
-        self, x: torch.Tensor, x_next: torch.Tensor, method: str | None = None
-    ) -> torch.Tensor:
-        """p(action | x, x') (B, A) from images; both images encoded in one pass."""
-        codes = self.encode(torch.cat([x, x_next]))
-        return self.retrieve_from_codes(codes[: len(x)], codes[len(x) :], method)
+    def graph(self, codes: torch.Tensor) -> torch.Tensor:
+        """Mean adjacency over the batch, [i, j] = weight of edge j -> i."""
+        return self.transition.encode(codes).adjacency.mean(0)
+
+    # ---- training ----------------------------------------------------------------------
+    def stage1_objective(self) -> nn.Module:
+        return VQAutoencoderObjective(self)
+
+    def stage2_objective(self) -> nn.Module:
+        return TransitionObjective(self)
+
+    def stage1_modules(self) -> list[nn.Module]:
+        return [self.encoder, self.quantizer, self.decoder]

@@ -26,7 +26,7 @@ from safetensors.torch import load_model, save_model
 
 from vqcausal.config import Config, ConfigError, from_dict
 from vqcausal.errors import VQCausalError
-from vqcausal.models.ctvae import CausalVQVAE, ModelArgs, ModelConfig
+from vqcausal.models.base import CausalImageModel, ModelArgs, ModelConfig, build_model
 
 LATEST = "latest"
 
@@ -69,7 +69,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def save_checkpoint(
     run_dir: Path,
-    model: CausalVQVAE,
+    model: torch.nn.Module,
     meta: dict,
     train_state: dict | None = None,
     keep: int = 2,
@@ -148,10 +148,13 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         )
 
 
-def load_model_from_run(run_dir: str | Path) -> tuple[CausalVQVAE, Checkpoint]:
+def load_model_from_run(run_dir: str | Path) -> tuple[CausalImageModel, Checkpoint]:
     """Rebuild the model of a run from its newest checkpoint alone (no config file needed)."""
     ckpt = latest_checkpoint(run_dir)
-    model = CausalVQVAE(model_args_from_meta(ckpt.meta))
+    try:
+        model = build_model(model_args_from_meta(ckpt.meta))
+    except ValueError as err:
+        raise CheckpointError(f"{ckpt.path}: cannot build its model ({err})") from None
     load_weights(model, ckpt.path)
     model.eval()
     return model, ckpt

@@ -9,8 +9,7 @@ import torch
 
 from vqcausal.data.transitions import Transitions, TransitionSampler
 from vqcausal.eval.metrics import psnr, retrieval_summary
-from vqcausal.models.ctvae import RETRIEVAL_METHODS, CausalVQVAE
-from vqcausal.models.quantizer import code_usage
+from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel
 from vqcausal.viz import heatmap, labelled_rows, save_png
 
 
@@ -40,37 +39,37 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: CausalVQVAE, data: EvalSet, with_transition: bool = True) -> dict:
+def evaluate(model: CausalImageModel, data: EvalSet, with_transition: bool = True) -> dict:
     """Metrics on held-out pairs; the model must be in eval mode (deterministic)."""
     device = _device(model)
     n = len(data.transitions)
-    recon_psnr, codes, codes_next = [], [], []
+    recon_psnr, latents, latents_next = [], [], []
     for part in _chunks(n):
         x = data.x[part].float().div(255).to(device)
         x_next = data.x_next[part].float().div(255).to(device)
-        c = model.encode(torch.cat([x, x_next]))
-        codes.append(c[: len(x)])
-        codes_next.append(c[len(x) :])
-        recon_psnr.append(psnr(model.decode_codes(c[: len(x)]), x).cpu())
-    codes, codes_next = torch.cat(codes), torch.cat(codes_next)
-    size = model.args.model.quantizer.codebook_size
+        z = model.encode(torch.cat([x, x_next]))
+        latents.append(z[: len(x)])
+        latents_next.append(z[len(x) :])
+        recon_psnr.append(psnr(model.decode_latent(z[: len(x)]), x).cpu())
+    latents, latents_next = torch.cat(latents), torch.cat(latents_next)
     metrics: dict = {"recon_psnr": torch.cat(recon_psnr).mean().item()}
-    metrics.update(
-        {f"code_{k}": v for k, v in code_usage(model.unflatten_codes(codes).cpu(), size).items()}
-    )
+    metrics.update(model.latent_stats(latents))
     if not with_transition:
         return metrics
     actions = data.transitions.actions.to(device)
     for method in RETRIEVAL_METHODS:
         probs = torch.cat(
-            [model.retrieve_from_codes(codes[p], codes_next[p], method) for p in _chunks(n)]
+            [model.retrieve_from_latents(latents[p], latents_next[p], method) for p in _chunks(n)]
         )
         for key, value in retrieval_summary(probs.cpu(), actions.cpu()).items():
             metrics[f"retrieval_{method}_{key}"] = value
-    predicted = torch.cat([model.transition.predict(codes[p], actions[p]) for p in _chunks(n)])
-    metrics["counterfactual_code_accuracy"] = (predicted == codes_next).double().mean().item()
+    predicted = torch.cat([model.step_latent(latents[p], actions[p]) for p in _chunks(n)])
+    if predicted.dtype == torch.long:  # discrete codes: how many variables came out right
+        metrics["counterfactual_code_accuracy"] = (predicted == latents_next).double().mean().item()
+    else:
+        metrics["counterfactual_latent_mse"] = (predicted - latents_next).pow(2).mean().item()
     cf_psnr = [
-        psnr(model.decode_codes(predicted[p]), data.x_next[p].float().div(255).to(device)).cpu()
+        psnr(model.decode_latent(predicted[p]), data.x_next[p].float().div(255).to(device)).cpu()
         for p in _chunks(n)
     ]
     metrics["counterfactual_psnr"] = torch.cat(cf_psnr).mean().item()
@@ -78,7 +77,9 @@ def evaluate(model: CausalVQVAE, data: EvalSet, with_transition: bool = True) ->
 
 
 @torch.no_grad()
-def intervention_grid(model: CausalVQVAE, x: torch.Tensor, steps: int = 4) -> tuple[list, list]:
+def intervention_grid(
+    model: CausalImageModel, x: torch.Tensor, steps: int = 4
+) -> tuple[list, list]:
     """Rows = actions; columns = x then the counterfactual after 1..steps applications."""
     num_actions = model.args.num_actions
     device = _device(model)
@@ -91,18 +92,17 @@ def intervention_grid(model: CausalVQVAE, x: torch.Tensor, steps: int = 4) -> tu
 
 @torch.no_grad()
 def save_figures(
-    model: CausalVQVAE, data: EvalSet, folder: Path, step: int, with_transition: bool
+    model: CausalImageModel, data: EvalSet, folder: Path, step: int, with_transition: bool
 ) -> None:
     """recon / interventions / adjacency PNGs of this evaluation, named by step."""
     device = _device(model)
     x = data.x[:8].float().div(255).to(device)
-    recon = model.decode_codes(model.encode(x)).cpu()
+    recon = model.decode_latent(model.encode(x)).cpu()
     save_png(labelled_rows([x.cpu(), recon], ["x", "decoded"]), folder / f"recon-{step:07d}.png")
     if not with_transition:
         return
     rows, labels = intervention_grid(model, data.x)
     save_png(labelled_rows(rows, labels), folder / f"interventions-{step:07d}.png")
-    codes = model.encode(data.x[:64].float().div(255).to(device))
-    noop = torch.full((len(codes),), model.args.num_actions, dtype=torch.long, device=device)
-    mean_adj = model.transition(codes, noop).adjacency.mean(0).cpu()
-    save_png(heatmap(mean_adj), folder / f"adjacency-{step:07d}.png")
+    graph = model.graph(model.encode(data.x[:64].float().div(255).to(device)))
+    if graph is not None:
+        save_png(heatmap(graph.cpu()), folder / f"adjacency-{step:07d}.png")

@@ -1,8 +1,9 @@
 """The two-stage training loop, driven by accelerate.
 
-Stage 1 trains encoder, quantizer and decoder on images. Stage 2 freezes them, encodes a
-fixed set of training pairs once (the code cache) and trains the causal transition and the
-retrieval classifier on codes only. One global step counter spans both stages, so a run
+Stage 1 trains what the model's ``stage1_objective`` holds (for ``vq``: encoder, quantizer,
+decoder) on images. Stage 2 freezes those, encodes a fixed set of training pairs once (the
+latent cache) and trains the model's ``stage2_objective`` (for ``vq``: the causal transition
+and the retrieval classifier) on latents only. One global step counter spans both stages, so a run
 resumes exactly where it stopped, in either stage.
 """
 
@@ -12,22 +13,19 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vqcausal.config import Config, to_dict
-from vqcausal.data.source import GroundTruthSource
+from vqcausal.data.source import ConceptScaler, GroundTruthSource
 from vqcausal.data.transitions import Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
-from vqcausal.models.ctvae import CausalVQVAE
-from vqcausal.models.quantizer import code_usage
+from vqcausal.models.base import CausalImageModel
 from vqcausal.train.checkpoint import Checkpoint, load_train_state, save_checkpoint
 from vqcausal.train.evaluation import EvalSet, evaluate, save_figures
 
@@ -45,61 +43,25 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0
 
 
-class Stage1Objective(nn.Module):
-    """Reconstruction + VQ loss; holds only the autoencoder's modules."""
-
-    def __init__(self, model: CausalVQVAE) -> None:
-        super().__init__()
-        self.encoder, self.quantizer, self.decoder = model.encoder, model.quantizer, model.decoder
-
-    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        out = self.quantizer(self.encoder(x))
-        mse = F.mse_loss(self.decoder(out.quantized), x)
-        return {"total": mse + out.loss, "mse": mse, "vq": out.loss}, out.indices
-
-
-class Stage2Objective(nn.Module):
-    """Transition losses + retrieval classifier CE; holds only those modules."""
-
-    def __init__(self, model: CausalVQVAE) -> None:
-        super().__init__()
-        self.transition, self.classifier = model.transition, model.classifier
-
-    def forward(
-        self, codes: torch.Tensor, actions: torch.Tensor, codes_next: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        terms = dict(self.transition.losses(codes, actions, codes_next))
-        terms["classifier"] = F.cross_entropy(self.classifier(codes, codes_next), actions)
-        terms["total"] = terms["total"] + terms["classifier"]
-        return terms
-
-
-@dataclass
-class CodeCache:
-    codes: torch.Tensor
-    actions: torch.Tensor
-    codes_next: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.actions.shape[0])
+CACHE_KEYS = ("latents", "actions", "latents_next")
 
 
 @torch.no_grad()
 def encode_transitions(
-    model: CausalVQVAE, sampler: TransitionSampler, t: Transitions, batch: int = 256
+    model: CausalImageModel, sampler: TransitionSampler, t: Transitions, batch: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes of x and x' for factor-level transitions, rendered and encoded in chunks."""
-    codes, codes_next = [], []
+    """Latents of x and x' for factor-level transitions, rendered and encoded in chunks."""
+    latents, latents_next = [], []
     device = next(model.parameters()).device
     for start in range(0, len(t), batch):
         part = Transitions(
             *(v[start : start + batch] for v in (t.values, t.actions, t.values_next))
         )
         x, x_next = sampler.images(part)
-        c = model.encode(to_float(torch.cat([x, x_next])).to(device)).cpu()
-        codes.append(c[: len(part)])
-        codes_next.append(c[len(part) :])
-    return torch.cat(codes), torch.cat(codes_next)
+        z = model.encode(to_float(torch.cat([x, x_next])).to(device)).cpu()
+        latents.append(z[: len(part)])
+        latents_next.append(z[len(part) :])
+    return torch.cat(latents), torch.cat(latents_next)
 
 
 class Trainer:
@@ -109,7 +71,7 @@ class Trainer:
         self,
         config: Config,
         source: GroundTruthSource,
-        model: CausalVQVAE,
+        model: CausalImageModel,
         run_dir: Path,
         accelerator: Accelerator,
         resume: Checkpoint | None = None,
@@ -118,6 +80,7 @@ class Trainer:
         self.train = config.train
         self.source = source
         self.sampler = TransitionSampler(source, config.transitions)
+        self.concepts = ConceptScaler(source, seed=config.seed)
         self.model = model.to(accelerator.device)
         self.run_dir = run_dir
         self.accelerator = accelerator
@@ -208,7 +171,7 @@ class Trainer:
 
     def stage1(self) -> None:
         model = self.model
-        objective = Stage1Objective(model)
+        objective = model.stage1_objective()
         params = [p for p in objective.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.train.lr)
         self.restore_state(optimizer, 1)
@@ -219,15 +182,17 @@ class Trainer:
         def step_fn() -> dict[str, float]:
             t = self.sampler.sample(half, "train", self.generator)
             x, x_next = self.sampler.images(t)
-            images = to_float(torch.cat([x, x_next])).to(device)
+            values = torch.cat([t.values, t.values_next])
+            batch = {
+                "x": to_float(torch.cat([x, x_next])).to(device),
+                "labels": self.concepts.normalise(values).to(device),
+            }
             with self.accelerator.autocast():
-                terms, indices = objective(images)
+                terms, stats = objective(batch)
             self._update(terms["total"], optimizer, objective)
             out = {k: v.item() for k, v in terms.items()}
             if self.step % self.train.log_every == 0:
-                out.update(
-                    code_usage(indices.detach().cpu(), model.args.model.quantizer.codebook_size)
-                )
+                out.update(stats)
             return out
 
         model.train()
@@ -235,52 +200,46 @@ class Trainer:
 
     def stage2(self) -> None:
         model = self.model
-        for module in (model.encoder, model.quantizer, model.decoder):
+        for module in model.stage1_modules():
             module.requires_grad_(False)
-        cache = self.code_cache()
-        objective = Stage2Objective(model)
+        cache = self.latent_cache()
+        objective = model.stage2_objective()
         optimizer = torch.optim.AdamW(objective.parameters(), lr=self.train.stage2_lr)
         self.restore_state(optimizer, 2)
         objective, optimizer = self.accelerator.prepare(objective, optimizer)
         device = self.accelerator.device
 
         def step_fn() -> dict[str, float]:
-            idx = torch.randint(
-                len(cache), (self.train.stage2_batch_size,), generator=self.generator
-            )
-            batch = (cache.codes[idx], cache.actions[idx], cache.codes_next[idx])
+            size = (self.train.stage2_batch_size,)
+            idx = torch.randint(len(cache["actions"]), size, generator=self.generator)
+            batch = {k: v[idx].to(device) for k, v in cache.items()}
             with self.accelerator.autocast():
-                terms = objective(*(b.to(device) for b in batch))
+                terms, stats = objective(batch)
             self._update(terms["total"], optimizer, objective)
-            return {k: v.item() for k, v in terms.items()}
+            return {k: v.item() for k, v in terms.items()} | stats
 
-        model.eval()  # frozen autoencoder: EMA codebooks must not move
-        model.transition.train()
-        model.classifier.train()
+        model.train()
+        for module in model.stage1_modules():  # frozen: EMA codebooks and BN stats stay put
+            module.eval()
         self._loop(2, self.total_steps, step_fn, optimizer)
 
-    def code_cache(self) -> CodeCache:
+    def latent_cache(self) -> dict[str, torch.Tensor]:
         """Training pairs encoded once by the frozen stage-1 model; kept in the run folder."""
-        path = self.run_dir / "cache" / "stage2_codes.safetensors"
+        path = self.run_dir / "cache" / "stage2_latents.safetensors"
         if path.exists():
             data = load_file(str(path))
-            return CodeCache(
-                data["codes"].long(), data["actions"].long(), data["codes_next"].long()
-            )
+            return {k: data[k] for k in CACHE_KEYS}
         generator = torch.Generator().manual_seed(self.config.seed + 7919)
         t = self.sampler.sample(self.train.cache_pairs, "train", generator)
         was_training = self.model.training
         self.model.eval()
-        codes, codes_next = encode_transitions(self.model, self.sampler, t)
+        latents, latents_next = encode_transitions(self.model, self.sampler, t)
         self.model.train(was_training)
-        cache = CodeCache(codes, t.actions, codes_next)
+        cache = dict(zip(CACHE_KEYS, (latents, t.actions, latents_next), strict=True))
         if self.accelerator.is_main_process:
             path.parent.mkdir(exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            save_file(
-                {"codes": codes.int(), "actions": t.actions, "codes_next": codes_next.int()},
-                str(tmp),
-            )
+            save_file({k: v.contiguous() for k, v in cache.items()}, str(tmp))
             tmp.replace(path)
         return cache
 

@@ -60,7 +60,7 @@ def _build(args: argparse.Namespace):
     import torch
     from accelerate import Accelerator
 
-    from vqcausal.models.ctvae import CausalVQVAE, ModelArgs
+    from vqcausal.models.base import ModelArgs, build_model
 
     resume = None
     if args.resume:
@@ -90,7 +90,7 @@ def _build(args: argparse.Namespace):
     else:
         model_args = model_args_from_meta(resume.meta)
     torch.manual_seed(config.seed)
-    model = CausalVQVAE(model_args)
+    model = build_model(model_args)
     if resume is not None:
         load_weights(model, resume.path)
 

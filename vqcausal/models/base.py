@@ -1,0 +1,145 @@
+"""What every model shares: its config, the args stored in checkpoints, the public API.
+
+A model turns images into *latents* (code variables for ``vq``, vectors for the continuous
+latents), applies actions to latents, decodes them, and scores which action explains a pair.
+Training, evaluation and the CLI only use this interface, so every latent module runs in the
+same loop, the same ablations and the same commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from vqcausal.models.autoencoder import AutoencoderConfig
+from vqcausal.models.quantizer import QuantizerConfig
+from vqcausal.models.transition import TransitionModelConfig
+
+RETRIEVAL_METHODS = ("synthesis", "classifier")
+LATENTS = ("vq",)
+
+
+@dataclass
+class ModelConfig:
+    """The model section of a run config."""
+
+    latent: str = "vq"
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    transition: TransitionModelConfig = field(default_factory=TransitionModelConfig)
+    classifier_hidden: int = 64
+    retrieval: str = "synthesis"  # default retrieval head: synthesis | classifier
+
+
+@dataclass
+class ModelArgs:
+    """Shapes fixed by the data plus the model config: enough to rebuild the network."""
+
+    image_shape: list[int]  # C, H, W
+    action_names: list[str]
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_names)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        down = 2 ** len(self.model.autoencoder.widths)
+        return self.image_shape[1] // down, self.image_shape[2] // down
+
+    @property
+    def num_variables(self) -> int:
+        h, w = self.grid
+        return h * w * self.model.quantizer.codebooks
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class CausalImageModel(nn.Module, ABC):
+    """Encode, act, decode, retrieve: the API shared by every latent module."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+
+    # ---- per-latent pieces -----------------------------------------------------------
+    @abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images float (B, C, H, W) in [0, 1] -> deterministic latents (B, ...)."""
+
+    @abstractmethod
+    def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, ...) -> images (B, C, H, W) in [0, 1]."""
+
+    @abstractmethod
+    def step_latent(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Apply one action per row (B,) to latents, deterministically."""
+
+    @abstractmethod
+    def retrieve_from_latents(
+        self, latents: torch.Tensor, latents_next: torch.Tensor, method: str | None = None
+    ) -> torch.Tensor:
+        """p(action | x, x') (B, A) from latents."""
+
+    @abstractmethod
+    def stage1_objective(self) -> nn.Module:
+        """Module whose forward(batch) -> (loss terms with "total", stats) trains stage 1."""
+
+    @abstractmethod
+    def stage2_objective(self) -> nn.Module:
+        """The same for stage 2 (on cached latents of pairs)."""
+
+    @abstractmethod
+    def stage1_modules(self) -> list[nn.Module]:
+        """Modules trained in stage 1 and frozen (eval mode, no grad) in stage 2."""
+
+    def latent_stats(self, latents: torch.Tensor) -> dict[str, float]:
+        """Statistics of a batch of latents worth logging (e.g. code usage)."""
+        return {}
+
+    def graph(self, latents: torch.Tensor) -> torch.Tensor | None:
+        """The learned graph over the latent's variables (weights in [0, 1]), if it has one."""
+        return None
+
+    # ---- shared on top ---------------------------------------------------------------------
+    @torch.no_grad()
+    def intervene_latent(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Apply a sequence of actions (B, T); returns every step's latents (B, T, ...)."""
+        steps = []
+        for t in range(actions.shape[1]):
+            latents = self.step_latent(latents, actions[:, t])
+            steps.append(latents)
+        return torch.stack(steps, dim=1)
+
+    @torch.no_grad()
+    def intervene(self, x: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Counterfactuals after each of T actions: actions (B,) or (B, T) -> (B, T, C, H, W)."""
+        if actions.ndim == 1:
+            actions = actions[:, None]
+        latents = self.intervene_latent(self.encode(x), actions)
+        images = self.decode_latent(latents.flatten(0, 1))
+        return rearrange(images, "(b t) c h w -> b t c h w", t=actions.shape[1])
+
+    @torch.no_grad()
+    def retrieve(
+        self, x: torch.Tensor, x_next: torch.Tensor, method: str | None = None
+    ) -> torch.Tensor:
+        """p(action | x, x') (B, A) from images; both images encoded in one pass."""
+        latents = self.encode(torch.cat([x, x_next]))
+        return self.retrieve_from_latents(latents[: len(x)], latents[len(x) :], method)
+
+
+def build_model(args: ModelArgs) -> CausalImageModel:
+    """The model a config's ``model.latent`` names."""
+    if args.model.latent == "vq":
+        from vqcausal.models.ctvae import CausalVQVAE
+
+        return CausalVQVAE(args)
+    raise ValueError(f"unknown latent '{args.model.latent}'; choose from {', '.join(LATENTS)}")
