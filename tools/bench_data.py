@@ -9,33 +9,17 @@ Goal (issue 2): >= 2,000 64x64 images/s for shapes3d and sprites on one core.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from vqcausal.benchmarking import median_rate, write_report
 from vqcausal.config import DataConfig
 from vqcausal.data.registry import load_source
 from vqcausal.data.transitions import TransitionConfig, TransitionSampler
 
 DATASETS = ("shapes3d", "sprites", "pendulum", "toy")
-
-
-def median_rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float]]:
-    """Items/s of ``fn`` (which returns how many items it made): median of timed runs."""
-    fn()  # warm-up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates), rates
 
 
 def main() -> None:
@@ -86,19 +70,8 @@ def main() -> None:
         shape = "x".join(map(str, r["image_shape"]))
         table.add_row(r["dataset"], shape, f"{r['images_per_s']:,.0f}", f"{r['pairs_per_s']:,.0f}")
     Console().print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "data",
-        "batch": args.batch,
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "results": rows,
-    }
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    settings = {"batch": args.batch, "repeats": args.repeats}
+    write_report(args.out, "data", settings, rows)
 
 
 if __name__ == "__main__":

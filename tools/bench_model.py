@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+
+from vqcausal.benchmarking import median_rate, write_report
 
 SETTINGS = {
     "official": [
@@ -50,16 +48,6 @@ TARGETS = {
     "retrieve_codes_compiled": 1000,
     "retrieve_images": 25,
 }
-
-
-def median_rate(fn: Callable[[], int], repeats: int) -> float:
-    fn()
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates)
 
 
 def worker(bench: str, setting: str, batch: int, repeats: int) -> dict:
@@ -113,7 +101,7 @@ def worker(bench: str, setting: str, batch: int, repeats: int) -> dict:
             "intervene": lambda: model.intervene(x, action).shape[0],
         }
         fn = fns[bench]
-    rate = median_rate(fn, repeats)
+    rate, _ = median_rate(fn, repeats)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"rate": rate, "peak_mb": peak_mb, "variables": n, "threads": torch.get_num_threads()}
 
@@ -164,19 +152,9 @@ def main() -> None:
             f"{r['peak_mb']:,.0f}",
         )
     Console().print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "model",
-        "batch": args.batch,
-        "repeats": args.repeats,
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "descriptions": {k: v[1] for k, v in BENCHES.items()},
-        "results": rows,
-    }
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    settings = {"batch": args.batch, "repeats": args.repeats}
+    settings["descriptions"] = {k: v[1] for k, v in BENCHES.items()}
+    write_report(args.out, "model", settings, rows)
 
 
 if __name__ == "__main__":

@@ -17,21 +17,27 @@ from einops import rearrange
 from torch import nn
 
 from vqcausal.models.autoencoder import AutoencoderConfig
+from vqcausal.models.gaussian import GaussianConfig
+from vqcausal.models.ladder import LadderConfig
 from vqcausal.models.quantizer import QuantizerConfig
+from vqcausal.models.scm import SCMConfig
 from vqcausal.models.transition import TransitionModelConfig
 
 RETRIEVAL_METHODS = ("synthesis", "classifier")
-LATENTS = ("vq",)
+LATENTS = ("vq", "gaussian", "ladder", "scm")
 
 
 @dataclass
 class ModelConfig:
     """The model section of a run config."""
 
-    latent: str = "vq"
+    latent: str = "vq"  # vq (CT-VAE) | gaussian (beta-VAE) | ladder (Ladder VAE) | scm (CausalVAE)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    transition: TransitionModelConfig = field(default_factory=TransitionModelConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)  # vq
+    transition: TransitionModelConfig = field(default_factory=TransitionModelConfig)  # vq
+    gaussian: GaussianConfig = field(default_factory=GaussianConfig)
+    ladder: LadderConfig = field(default_factory=LadderConfig)
+    scm: SCMConfig = field(default_factory=SCMConfig)
     classifier_hidden: int = 64
     retrieval: str = "synthesis"  # default retrieval head: synthesis | classifier
 
@@ -100,6 +106,9 @@ class CausalImageModel(nn.Module, ABC):
     def stage1_modules(self) -> list[nn.Module]:
         """Modules trained in stage 1 and frozen (eval mode, no grad) in stage 2."""
 
+    def after_step(self, step: int) -> None:
+        """Called after every stage-1 optimizer step (schedules that live in the model)."""
+
     def latent_stats(self, latents: torch.Tensor) -> dict[str, float]:
         """Statistics of a batch of latents worth logging (e.g. code usage)."""
         return {}
@@ -142,4 +151,8 @@ def build_model(args: ModelArgs) -> CausalImageModel:
         from vqcausal.models.ctvae import CausalVQVAE
 
         return CausalVQVAE(args)
+    if args.model.latent in LATENTS:
+        from vqcausal.models.vae import ContinuousVAE
+
+        return ContinuousVAE(args)
     raise ValueError(f"unknown latent '{args.model.latent}'; choose from {', '.join(LATENTS)}")

@@ -186,10 +186,12 @@ class Trainer:
             batch = {
                 "x": to_float(torch.cat([x, x_next])).to(device),
                 "labels": self.concepts.normalise(values).to(device),
+                "step": self.step,
             }
             with self.accelerator.autocast():
                 terms, stats = objective(batch)
             self._update(terms["total"], optimizer, objective)
+            model.after_step(self.step)
             out = {k: v.item() for k, v in terms.items()}
             if self.step % self.train.log_every == 0:
                 out.update(stats)
@@ -305,7 +307,8 @@ class Trainer:
         save_figures(self.model, self.eval_set, self.run_dir / "figures", self.step, stage == 2)
         self.model.train(was_training)
         if stage == 2:  # the autoencoder stays frozen in eval mode
-            self.model.encoder.eval(), self.model.quantizer.eval(), self.model.decoder.eval()
+            for module in self.model.stage1_modules():
+                module.eval()
         self.log({"stage": stage, "step": self.step, "eval": metrics})
         return metrics
 

@@ -74,8 +74,12 @@ def _build(args: argparse.Namespace):
         config = from_dict(Config, apply_overrides(to_dict(base), args.overrides))
     else:
         config = config_from_args(args)
-    if config.model.latent != "vq":
-        raise ConfigError(f"model.latent '{config.model.latent}' is not available; use 'vq'")
+    from vqcausal.models.base import LATENTS
+
+    if config.model.latent not in LATENTS:
+        raise ConfigError(
+            f"model.latent '{config.model.latent}' is unknown; choose from {', '.join(LATENTS)}"
+        )
 
     source = load_source(config.data)
     down = 2 ** len(config.model.autoencoder.widths)

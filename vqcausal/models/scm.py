@@ -1,0 +1,447 @@
+"""CausalVAE's latent (Yang et al. 2021): a linear SCM over concept blocks plus a mask layer.
+
+The latent has ``n`` concepts, each a block of ``k`` dims (``latent_dim = n * k``); one scalar
+edge weight ``A[i, j]`` (edge i -> j) is shared by the ``k`` dims of a block, as in the official
+code. The pipeline for one image:
+
+1. exogenous posterior ``q(eps | x) = N(mu, diag sigma^2)``. A Linear predicts the endogenous
+   mean ``m`` and ``mu = (I - A^T) m`` (same posterior family, but z's mean does not move when
+   A does, so the encoder never chases the graph);
+2. linear SCM ``z = A^T z + eps``, i.e. ``z = (I - A^T)^{-1} eps`` per block channel;
+3. mask layer ``z'_j = g_j(sum_i A[i, j] z_i) + eps_j``, ``g_j`` a small residual MLP with a
+   Lipschitz-bounded nonlinear part (see :class:`MaskLayer`); ``z'`` is what the decoder reads.
+
+Losses (per image, averaged over the batch):
+
+* ``kl``: an exact Gaussian KL. Labelled rows: ``KL(q(z | x) || prod_i N(u_i 1_k, I))`` with
+  ``q(z | x) = N(M mu, M diag(sigma^2) M^T)`` (eps's posterior pushed through the SCM,
+  ``M = (I - A^T)^{-1}``, per block channel). Unlabelled rows: the SCM's own prior
+  ``eps ~ N(0, I)``, i.e. ``KL(q(eps | x) || N(0, I)) = KL(q(z | x) || N(0, M M^T))`` (a KL is
+  invariant under one invertible map on both sides). A prior ``N(0, I)`` on ``z`` itself would
+  penalise every edge.
+* ``label``: a per-concept linear head predicts ``u_i`` from block ``i`` of ``z'`` (MSE).
+* ``mask``: the structural regression ``sum_i ||t_i - g_i(A_i o t)||^2`` (NOTEARS least
+  squares) on label-aligned blocks ``t``: ``t_i = u_i 1_k`` on labelled rows (CausalVAE's
+  ``l_u``, on normalised labels), the detached posterior mean of ``z`` elsewhere (the paper's
+  ``l_m``). Regressing the encoder's ``z`` instead learns spurious edges from its imperfect
+  alignment, and ``||z - z'||^2`` with ``+ eps`` is identically 0 for a linear ``g``.
+* ``sparsity``: L1 on ``A``; ``acyclic``: augmented Lagrangian ``lambda H + rho / 2 H^2`` with
+  ``H(A) = tr((I + A o A / n)^n) - n``; the loop calls :meth:`SCMLatent.update_lagrangian`
+  (the official code uses fixed weights 3 and 0.5).
+
+Structure and representation are learned separately: ``A`` gets gradients from ``mask``,
+``sparsity`` and ``acyclic`` only; reconstruction and KL see it as a constant. Under the label
+prior ``N(u, I)``, which ignores the graph, their only pull on ``A`` is towards zero (less
+posterior noise propagated down the graph), which biased weights and, with the encoder
+lagging behind ``A``, made training diverge in our runs.
+
+Orientation: labels make concepts identifiable, not edge directions. Linear-Gaussian data
+fixes the direction only up to Markov equivalence, unless exogenous variances are equal on the
+label scale (labels normalised by one common scale) or the relations are nonlinear; per-concept
+standardisation of linear-Gaussian labels leaves e.g. 0 -> 1 -> 2 and 2 -> 1 -> 0 equally good.
+
+Differences from the official code on purpose (see shared/reference/causalvae.md): the
+posterior variance is used, ``A`` has a zero diagonal and no hand-set initial order, labels are
+normalised by the caller, the DAG penalty is a real augmented Lagrangian, and ``do()``
+propagates to all descendants (grandchildren too) in topological order, for any value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce, repeat
+from torch import Tensor, nn
+
+from vqcausal.models.latent import ContinuousLatent, LatentOutput
+
+
+@dataclass
+class SCMConfig:
+    """CausalVAE latent settings; loss weights multiply per-image terms."""
+
+    concepts: int = 4  # n concepts
+    concept_dim: int = 4  # k dims per concept block; latent_dim = n * k
+    label_fraction: float = 1.0  # fraction of each batch whose labels are used (the first rows)
+    w_kl: float = 1.0
+    w_label: float = 1.0  # label reconstruction: predict u_i from z_i (CausalVAE's "u" loss)
+    w_mask: float = 1.0  # structural regression ||t - g(A^T t)||^2, t = labels or z (l_u / l_m)
+    w_sparsity: float = 1e-3  # L1 on A
+    lagrangian_rho: float = 1.0  # augmented Lagrangian initial penalty
+    lagrangian_rho_growth: float = 10.0
+    lagrangian_rho_max: float = 1e6
+    lagrangian_tol: float = 0.25  # h must shrink by this factor between updates, else rho grows
+    edge_threshold: float = 0.3  # |A_ij| above this counts as an edge (learned graph)
+    mask_hidden: int = 32  # width of each concept's g_i
+    mask_lipschitz: float = 0.2  # bound on g_i's nonlinear part (< 1: g_i invertible)
+
+
+def acyclicity(adjacency: Tensor) -> Tensor:
+    """DAG-GNN's H(A) = tr((I + A o A / n)^n) - n: zero iff the weighted graph has no cycle."""
+    n = adjacency.shape[-1]
+    eye = torch.eye(n, dtype=adjacency.dtype, device=adjacency.device)
+    poly = torch.linalg.matrix_power(eye + adjacency * adjacency / n, n)
+    return poly.diagonal(dim1=-2, dim2=-1).sum(-1) - n
+
+
+def topological_order(graph: Tensor) -> list[int] | None:
+    """Kahn's order of a 0/1 graph (``graph[i, j]`` = edge i -> j), or None if it has a cycle."""
+    edges = graph.bool().tolist()
+    n = len(edges)
+    indegree = [sum(edges[i][j] for i in range(n)) for j in range(n)]
+    ready = [j for j in range(n) if indegree[j] == 0]
+    order: list[int] = []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for j in range(n):
+            if edges[i][j]:
+                indegree[j] -= 1
+                if indegree[j] == 0:
+                    ready.append(j)
+    return order if len(order) == n else None
+
+
+def reachability(graph: Tensor) -> Tensor:
+    """Bool (n, n): ``[i, j]`` is True when j is reachable from i by one or more edges."""
+    step = graph.bool()
+    reach = step.clone()
+    for _ in range(graph.shape[-1]):
+        reach = reach | ((reach.float() @ step.float()) > 0)
+    return reach
+
+
+class MaskLayer(nn.Module):
+    """Per-concept residual MLPs g_j over the parents' weighted block sum (CausalVAE's MaskLayer).
+
+    ``g_j(x) = x + r_j(x) - r_j(0)`` with ``r_j = W2 elu(W1 x + b1)`` and both weights rescaled
+    to spectral norm <= 1 and ``lipschitz`` respectively. So ``g_j`` is "mild nonlinear,
+    invertible" as the paper asks (an i-ResNet block), ``g_j(0) = 0`` keeps roots at
+    ``z_j = eps_j``, and its slope stays within ``1 +- lipschitz``: an unconstrained MLP can
+    amplify a tiny ``A^T z`` and carry the structure itself, leaving ``A`` near zero and the
+    thresholded graph empty. W2 starts at zero, so the layer starts as the linear SCM.
+    """
+
+    def __init__(self, concepts: int, concept_dim: int, hidden: int, lipschitz: float) -> None:
+        super().__init__()
+        self.lipschitz = lipschitz
+        self.w1 = nn.Parameter(torch.randn(concepts, concept_dim, hidden) / math.sqrt(concept_dim))
+        self.b1 = nn.Parameter(torch.zeros(concepts, hidden))
+        self.w2 = nn.Parameter(torch.zeros(concepts, hidden, concept_dim))
+
+    @staticmethod
+    def _bounded(weight: Tensor, bound: float) -> Tensor:
+        norm = torch.linalg.matrix_norm(weight, ord=2)  # (n,) spectral norms
+        return weight * (bound / torch.clamp(norm, min=bound))[:, None, None]
+
+    def forward(self, parents: Tensor) -> Tensor:
+        """(B, n, k) weighted parent sums -> (B, n, k) structural predictions g_j."""
+        w1 = self._bounded(self.w1, 1.0)
+        w2 = self._bounded(self.w2, self.lipschitz)
+        h = torch.einsum("bnk,nkh->bnh", parents, w1) + self.b1
+        return parents + torch.einsum("bnh,nhk->bnk", F.elu(h) - F.elu(self.b1), w2)
+
+
+class SCMLatent(ContinuousLatent):
+    """Features (B, F) -> exogenous eps -> causal concept blocks z (B, n*k) -> decoder (B, F).
+
+    Training mode samples eps; eval mode uses its mean, so evaluation is deterministic. ``mean``
+    is the mask-layer z of the posterior mean in both modes.
+    """
+
+    def __init__(
+        self, feature_dim: int, config: SCMConfig | None = None, action_step: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.config = cfg = config or SCMConfig()
+        self.concepts, self.concept_dim = cfg.concepts, cfg.concept_dim
+        self.latent_dim = cfg.concepts * cfg.concept_dim
+        self.feature_dim = feature_dim
+        self.action_step = float(action_step)
+        self.num_actions = 2 * cfg.concepts
+        self.heads = nn.Linear(feature_dim, 2 * self.latent_dim)  # -> (mu, logvar) of eps
+        self.out = nn.Linear(self.latent_dim, feature_dim)
+        # No hand-set causal order (the official init encodes the answer): A starts empty.
+        self.weights = nn.Parameter(torch.zeros(cfg.concepts, cfg.concepts))
+        self.register_buffer("off_diagonal", 1.0 - torch.eye(cfg.concepts), persistent=False)
+        self.mask_layer = MaskLayer(
+            cfg.concepts, cfg.concept_dim, cfg.mask_hidden, cfg.mask_lipschitz
+        )
+        self.label_weight = nn.Parameter(
+            torch.full((cfg.concepts, cfg.concept_dim), 1.0 / cfg.concept_dim)
+        )
+        self.label_bias = nn.Parameter(torch.zeros(cfg.concepts))
+        # Augmented Lagrangian state travels with checkpoints.
+        self.register_buffer("lagrangian_lambda", torch.tensor(0.0))
+        self.register_buffer("lagrangian_rho", torch.tensor(float(cfg.lagrangian_rho)))
+        self.register_buffer("lagrangian_h_prev", torch.tensor(float("inf")))
+
+    # ---- graph ----
+
+    def adjacency(self) -> Tensor:
+        """Weighted graph A (n, n), ``A[i, j]`` = edge i -> j; the diagonal is always zero."""
+        return self.weights * self.off_diagonal
+
+    def learned_graph(self) -> Tensor:
+        """0/1 long (n, n): edges with ``|A_ij| > edge_threshold``."""
+        return (self.adjacency().detach().abs() > self.config.edge_threshold).long()
+
+    def acyclicity(self) -> Tensor:
+        """H(A) >= 0, zero iff A is a DAG; the training loop passes it to update_lagrangian."""
+        return acyclicity(self.adjacency())
+
+    @torch.no_grad()
+    def update_lagrangian(self, h_value: float) -> None:
+        """Dual ascent: lambda += rho h; rho grows unless h shrank by ``lagrangian_tol``."""
+        cfg = self.config
+        h = float(h_value)
+        self.lagrangian_lambda += self.lagrangian_rho * h
+        if h > cfg.lagrangian_tol * float(self.lagrangian_h_prev):
+            rho = min(
+                float(self.lagrangian_rho) * cfg.lagrangian_rho_growth, cfg.lagrangian_rho_max
+            )
+            self.lagrangian_rho.fill_(rho)
+        self.lagrangian_h_prev.fill_(h)
+
+    # ---- SCM maps on blocks (B, n, k) ----
+
+    def _blocks(self, flat: Tensor) -> Tensor:
+        return rearrange(flat, "b (n k) -> b n k", n=self.concepts)
+
+    @staticmethod
+    def _flat(blocks: Tensor) -> Tensor:
+        return rearrange(blocks, "b n k -> b (n k)")
+
+    def _mixing(self, adjacency: Tensor) -> Tensor:
+        """M = (I - A^T)^{-1}: exogenous noise -> linear-SCM z."""
+        eye = torch.eye(self.concepts, dtype=adjacency.dtype, device=adjacency.device)
+        return torch.linalg.inv(eye - adjacency.T)
+
+    def linear_abduct(self, z: Tensor, adjacency: Tensor | None = None) -> Tensor:
+        """eps = (I - A^T) z per block channel, the inverse of :meth:`linear_scm`."""
+        adjacency = self.adjacency() if adjacency is None else adjacency
+        eye = torch.eye(self.concepts, dtype=adjacency.dtype, device=adjacency.device)
+        return self._flat(torch.einsum("ij,bik->bjk", eye - adjacency, self._blocks(z)))
+
+    def linear_scm(self, eps: Tensor, adjacency: Tensor | None = None) -> Tensor:
+        """z = (I - A^T)^{-1} eps per block channel: (B, n*k) -> (B, n*k)."""
+        adjacency = self.adjacency() if adjacency is None else adjacency
+        mixing = self._mixing(adjacency)
+        return self._flat(torch.einsum("ij,bjk->bik", mixing, self._blocks(eps)))
+
+    def structural(self, z_blocks: Tensor, adjacency: Tensor) -> Tensor:
+        """g_j(sum_i A[i, j] z_i) for every concept j: (B, n, k) -> (B, n, k)."""
+        return self.mask_layer(torch.einsum("ij,bik->bjk", adjacency, z_blocks))
+
+    def mask(self, z_scm: Tensor, eps: Tensor, adjacency: Tensor | None = None) -> Tensor:
+        """Mask layer z'_j = g_j(A_j o z) + eps_j: the z the decoder reads, (B, n*k)."""
+        adjacency = self.adjacency() if adjacency is None else adjacency
+        blocks = self.structural(self._blocks(z_scm), adjacency)
+        return self._flat(blocks) + eps
+
+    # ---- posterior, prior, losses ----
+
+    def exogenous(self, features: Tensor) -> Tensor:
+        """Posterior mean of eps (B, n*k): only the intervened concept's block should move."""
+        return self.encode(features)[0]
+
+    def encode(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior (mu, logvar) of eps, each (B, n*k).
+
+        The head predicts the endogenous mean m and eps's mean is its abduction
+        ``(I - A^T) m`` (A held constant): the same family of diagonal posteriors over eps, but
+        z's mean no longer moves whenever A does, so the encoder need not chase the graph.
+        """
+        mean_z, logvar = rearrange(self.heads(features), "b (two d) -> two b d", two=2)
+        return self.linear_abduct(mean_z, self.adjacency().detach()), logvar.clamp(-12.0, 12.0)
+
+    def kl(
+        self, mu: Tensor, logvar: Tensor, labels: Tensor | None, adjacency: Tensor | None = None
+    ) -> Tensor:
+        """Per-sample KL (B,) in float32: q(eps) = N(mu, diag exp(logvar)) pushed through the
+        SCM vs N(u_i 1_k, I) on labelled rows, KL(q(eps) || N(0, I)) elsewhere."""
+        mu, logvar = mu.float(), logvar.float()
+        unlabelled = 0.5 * (mu.square() + logvar.exp() - logvar - 1.0).sum(-1)
+        labelled_rows = self.labelled_rows(labels, mu.shape[0], mu.device)
+        if labels is None or not bool(labelled_rows.any()):
+            return unlabelled
+        adjacency = (self.adjacency().detach() if adjacency is None else adjacency).float()
+        mixing = self._mixing(adjacency)
+        var = self._blocks(logvar.exp())
+        mean_z = torch.einsum("ij,bjk->bik", mixing, self._blocks(mu))
+        prior = repeat(torch.nan_to_num(labels.float()), "b n -> b n k", k=self.concept_dim)
+        trace = torch.einsum("ij,bjk->b", mixing.square(), var)
+        # log det(M diag(s^2) M^T) = sum log s^2 - 2 log|det(I - A^T)|, summed over k channels
+        eye = torch.eye(self.concepts, dtype=adjacency.dtype, device=adjacency.device)
+        logdet_map = torch.linalg.slogdet(eye - adjacency.T).logabsdet
+        logdet = logvar.sum(-1) - 2.0 * self.concept_dim * logdet_map
+        sq = (mean_z - prior).square().sum((1, 2))
+        conditioned = 0.5 * (trace + sq - self.latent_dim - logdet)
+        return torch.where(labelled_rows, conditioned, unlabelled)
+
+    def labelled_rows(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """Bool (B,): rows whose labels are used.
+
+        The first ``round(label_fraction * B)`` rows (batches are shuffled, so this is a random
+        fraction without touching the RNG) that have no NaN label. For a fixed labelled subset
+        of a dataset, pass NaN labels for the unlabelled samples.
+        """
+        if labels is None:
+            return torch.zeros(batch, dtype=torch.bool, device=device)
+        if labels.shape != (batch, self.concepts):
+            raise ValueError(f"labels must be (B, {self.concepts}), got {tuple(labels.shape)}")
+        keep = round(self.config.label_fraction * batch)
+        rows = torch.arange(batch, device=device) < keep
+        return rows & torch.isfinite(labels).all(-1)
+
+    def predict_labels(self, z: Tensor) -> Tensor:
+        """Per-concept linear head: block i of z (B, n*k) -> u_i, giving (B, n)."""
+        return torch.einsum("bnk,nk->bn", self._blocks(z), self.label_weight) + self.label_bias
+
+    def forward(
+        self, features: Tensor, labels: Tensor | None = None, step: int = 0
+    ) -> LatentOutput:
+        """``labels`` (B, n) are normalised concept labels (NaN rows: unlabelled); ``step`` is
+        unused (no schedule: the DAG penalty follows update_lagrangian instead)."""
+        cfg = self.config
+        fixed = self.adjacency().detach()  # the ELBO terms hold A constant (module docstring)
+        mu, logvar = self.encode(features)
+        if self.training:  # sample and mean through the SCM in one pass
+            eps = torch.cat([mu + torch.randn_like(mu) * (0.5 * logvar).exp(), mu])
+            z_scm = self.linear_scm(eps, fixed)
+            z, mean = self.mask(z_scm, eps, fixed).chunk(2)
+            mean_scm = z_scm[mu.shape[0] :]
+        else:
+            mean_scm = self.linear_scm(mu, fixed)
+            z = mean = self.mask(mean_scm, mu, fixed)
+
+        rows = self.labelled_rows(labels, features.shape[0], features.device)
+        kl = self.kl(mu, logvar, labels, fixed).mean()
+        if labels is not None and bool(rows.any()):
+            pred = self.predict_labels(z)[rows].float()
+            label = F.mse_loss(pred, labels[rows].float(), reduction="none").sum(-1).mean()
+            aligned = repeat(
+                torch.nan_to_num(labels.to(z.dtype)), "b n -> b (n k)", k=self.concept_dim
+            )
+            target = torch.where(rows[:, None], aligned, mean_scm.detach())
+        else:
+            label = kl.new_zeros(())
+            target = mean_scm.detach()
+        adjacency = self.adjacency()
+        blocks = self._blocks(target)
+        mask = (blocks - self.structural(blocks, adjacency)).square().sum((1, 2)).mean()
+        sparsity = adjacency.abs().sum()
+        h = acyclicity(adjacency)
+        acyclic = self.lagrangian_lambda * h + 0.5 * self.lagrangian_rho * h.square()
+        total = (
+            cfg.w_kl * kl
+            + cfg.w_label * label
+            + cfg.w_mask * mask
+            + cfg.w_sparsity * sparsity
+            + acyclic
+        )
+        losses = {
+            "kl": kl,
+            "label": label,
+            "mask": mask,
+            "sparsity": sparsity,
+            "acyclic": acyclic,
+            "total": total,
+        }
+        return LatentOutput(z=z, mean=mean, losses=losses)
+
+    def to_decoder(self, z: Tensor) -> Tensor:
+        return self.out(z)
+
+    @torch.no_grad()
+    def sample_prior(
+        self,
+        labels: Tensor | None = None,
+        num: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Decoder z (B, n*k) from the prior: z_scm ~ N(u_i 1_k, I) given labels (B, n), else
+        eps ~ N(0, I) through the SCM (``num`` samples); then the mask layer."""
+        device = self.weights.device
+        if labels is not None:
+            shape = (labels.shape[0], self.latent_dim)
+            noise = torch.randn(shape, generator=generator, device=device)
+            z_scm = repeat(labels.float(), "b n -> b (n k)", k=self.concept_dim) + noise
+            eps = self.linear_abduct(z_scm)
+        else:
+            if num is None:
+                raise ValueError("sample_prior needs labels or num")
+            eps = torch.randn((num, self.latent_dim), generator=generator, device=device)
+            z_scm = self.linear_scm(eps)
+        return self.mask(z_scm, eps)
+
+    # ---- interventions ----
+
+    def abduct(self, z: Tensor, adjacency: Tensor | None = None) -> Tensor:
+        """Structural noise of z under the mask layer: eps_j = z_j - g_j(A_j o z), (B, n*k)."""
+        adjacency = self.pruned_adjacency() if adjacency is None else adjacency
+        blocks = self._blocks(z)
+        return self._flat(blocks - self.structural(blocks, adjacency))
+
+    def pruned_adjacency(self) -> Tensor:
+        """A restricted to the learned graph: interventions follow the graph the model reports."""
+        return self.adjacency() * self.learned_graph().to(self.weights.dtype)
+
+    def do(self, z: Tensor, concept: int | Tensor, value: Tensor) -> Tensor:
+        """do(z_i = value): (B, n*k) -> (B, n*k).
+
+        Abduct every block's noise from z (under the thresholded graph), set block i, and
+        recompute the descendants of i through the mask layer in topological order, so
+        grandchildren see their parents' new values; ancestors and non-descendants keep their
+        values exactly. ``concept`` is an int or (B,) long; ``value`` is (B,) (broadcast over
+        the block) or (B, k). If the thresholded graph has a cycle there is no topological
+        order: the reachable nodes are then updated by ``n`` rounds of fixed-point iteration
+        (exact for a DAG, an approximation of the cyclic equilibrium otherwise).
+        """
+        b, n = z.shape[0], self.concepts
+        adjacency = self.pruned_adjacency().to(z.dtype)
+        graph = self.learned_graph()
+        noise = self._blocks(self.abduct(z, adjacency))
+        concept = torch.as_tensor(concept, device=z.device).long().expand(b)
+        value = value.to(z.dtype)
+        if value.dim() == 1:
+            value = repeat(value, "b -> b k", k=self.concept_dim)
+        target = F.one_hot(concept, n).bool()  # (B, n)
+        descendants = reachability(graph).to(z.device)[concept] & ~target  # (B, n)
+
+        blocks = self._blocks(z).clone()
+        blocks[target] = value
+        order = topological_order(graph)
+        if order is None:
+            order = list(range(n)) * n  # fixed-point sweeps
+        for j in order:
+            new = self.structural(blocks, adjacency)[:, j] + noise[:, j]
+            blocks[:, j] = torch.where(descendants[:, j, None], new, blocks[:, j])
+        return self._flat(blocks)
+
+    def action_concepts(self, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """Action 2i = concept i + step, 2i + 1 = concept i - step -> (concept, sign), (B,)."""
+        sign = 1.0 - 2.0 * (actions % 2).float()
+        return actions // 2, sign
+
+    def intervene(self, z: Tensor, actions: Tensor) -> Tensor:
+        """Shift the acted-on concept block by +-action_step via do(): (B, n*k) -> (B, n*k).
+
+        The step is in normalised label units to the extent that blocks follow their prior
+        mean ``u_i 1_k``; a briefly trained model can still be off in scale there.
+        """
+        concept, sign = self.action_concepts(actions)
+        current = self._blocks(z)[torch.arange(z.shape[0], device=z.device), concept]
+        value = current + (sign * self.action_step)[:, None].to(z.dtype)
+        return self.do(z, concept, value)
+
+    def retrieval_scores(self, eps: Tensor, eps_next: Tensor) -> Tensor:
+        """Scores (B, 2n) from exogenous posteriors: +delta_i for 2i and -delta_i for 2i+1, with
+        delta_i the block-mean change of eps_i, so argmax names the concept whose exogenous
+        noise moved most and its direction. A learned alternative is
+        ``vqcausal.models.latent.PairClassifier``."""
+        delta = reduce(self._blocks(eps_next - eps), "b n k -> b n", "mean")
+        return rearrange(torch.stack([delta, -delta], dim=-1), "b n two -> b (n two)")

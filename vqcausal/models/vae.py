@@ -1,0 +1,151 @@
+"""Continuous-latent models (``gaussian`` beta-VAE, ``ladder`` Ladder VAE, ``scm`` CausalVAE).
+
+The same encoder and decoder as CT-VAE; the feature grid is flattened into the latent
+module and its output unflattened for the decoder. A model's *latent* for the shared API is
+the module's deterministic representation (``LatentOutput.mean``): for ``ladder`` all layers'
+means, bottom first, of which the bottom layer is decoded.
+
+Actions: ``gaussian`` and ``ladder`` learn a shift per action in latent space; ``scm`` moves
+one concept one step with do() and lets its descendants follow. Retrieval ``synthesis``
+scores every action by how close its prediction lands to the second latent (for ``scm``:
+which concept's exogenous noise moved); ``classifier`` is a learned head on (z, z').
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vqcausal.models.autoencoder import Decoder, Encoder
+from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel, ModelArgs
+from vqcausal.models.latent import ActionShift, ContinuousLatent, PairClassifier
+
+
+def make_latent(args: ModelArgs, feature_dim: int) -> ContinuousLatent:
+    cfg = args.model
+    if cfg.latent == "gaussian":
+        from vqcausal.models.gaussian import GaussianLatent
+
+        return GaussianLatent(feature_dim, cfg.gaussian)
+    if cfg.latent == "ladder":
+        from vqcausal.models.ladder import LadderLatent
+
+        return LadderLatent(feature_dim, cfg.ladder)
+    from vqcausal.models.scm import SCMLatent
+
+    return SCMLatent(feature_dim, cfg.scm)
+
+
+class VAEObjective(nn.Module):
+    """Stage 1: Gaussian reconstruction log-likelihood (summed over pixels) + the latent's terms."""
+
+    def __init__(self, model: ContinuousVAE) -> None:
+        super().__init__()
+        self.encoder, self.latent, self.decoder = model.encoder, model.latent, model.decoder
+        self.grid = model.args.grid
+
+    def forward(self, batch: dict) -> tuple[dict, dict[str, float]]:
+        x, step = batch["x"], int(batch.get("step", 0))
+        out = self.latent(self.encoder(x).flatten(1), batch.get("labels"), step)
+        recon = decode_features(self.decoder, self.latent.to_decoder(out.z), self.grid)
+        mse = F.mse_loss(recon, x, reduction="none").flatten(1).sum(1).mean()
+        terms = {k: v for k, v in out.losses.items() if k != "total"}
+        return {"total": mse + out.losses["total"], "recon": mse, **terms}, {}
+
+
+class ActionObjective(nn.Module):
+    """Stage 2: the action shift (regression + retrieval CE) and the pair classifier."""
+
+    def __init__(self, model: ContinuousVAE) -> None:
+        super().__init__()
+        self.shift, self.classifier = model.shift, model.classifier
+        self.uses_shift = model.args.model.latent != "scm"
+
+    def forward(self, batch: dict) -> tuple[dict, dict[str, float]]:
+        z, actions, z_next = batch["latents"], batch["actions"], batch["latents_next"]
+        terms = {"classifier": F.cross_entropy(self.classifier(z, z_next), actions)}
+        total = terms["classifier"]
+        if self.uses_shift:
+            terms["shift"] = (self.shift(z, actions) - z_next).pow(2).sum(-1).mean()
+            terms["retrieval"] = F.cross_entropy(shift_scores(self.shift, z, z_next), actions)
+            total = total + terms["shift"] + terms["retrieval"]
+        terms["total"] = total
+        return terms, {}
+
+
+def decode_features(decoder: Decoder, flat: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Flattened feature grid (B, C*h*w) -> images."""
+    return decoder(rearrange(flat, "b (c h w) -> b c h w", h=grid[0], w=grid[1]))
+
+
+def shift_scores(shift: ActionShift, z: torch.Tensor, z_next: torch.Tensor) -> torch.Tensor:
+    """(B, A): minus the squared distance from each action's predicted latent to z'."""
+    predicted = z[:, None] + shift.shift[None]  # (B, A, d)
+    return -(predicted - z_next[:, None]).pow(2).sum(-1)
+
+
+class ContinuousVAE(CausalImageModel):
+    """Encoder -> continuous latent -> decoder, plus an action model and a retrieval head."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__(args)
+        cfg = args.model
+        channels = args.image_shape[0]
+        h, w = args.grid
+        self.encoder = Encoder(channels, cfg.autoencoder)
+        self.decoder = Decoder(channels, cfg.autoencoder)
+        self.latent = make_latent(args, cfg.autoencoder.embed_dim * h * w)
+        self.decoded_dim = self.latent.latent_dim
+        width = getattr(self.latent, "representation_dim", self.latent.latent_dim)
+        self.shift = ActionShift(width, args.num_actions)
+        self.classifier = PairClassifier(width, args.num_actions, 2 * cfg.classifier_hidden)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.latent(self.encoder(x).flatten(1)).mean
+
+    def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        flat = self.latent.to_decoder(latents[:, : self.decoded_dim])
+        return decode_features(self.decoder, flat, self.args.grid)
+
+    def step_latent(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        if self.args.model.latent == "scm":
+            return self.latent.intervene(latents, actions)
+        return self.shift(latents, actions)
+
+    @torch.no_grad()
+    def retrieve_from_latents(
+        self, latents: torch.Tensor, latents_next: torch.Tensor, method: str | None = None
+    ) -> torch.Tensor:
+        method = method or self.args.model.retrieval
+        if method == "synthesis":
+            if self.args.model.latent == "scm":
+                eps, eps_next = self.latent.abduct(latents), self.latent.abduct(latents_next)
+                scores = self.latent.retrieval_scores(eps, eps_next)[:, : self.args.num_actions]
+                return scores.softmax(-1)
+            return shift_scores(self.shift, latents, latents_next).softmax(-1)
+        if method == "classifier":
+            return self.classifier(latents, latents_next).softmax(-1)
+        raise ValueError(f"unknown retrieval method '{method}'; choose from {RETRIEVAL_METHODS}")
+
+    def after_step(self, step: int) -> None:
+        """CausalVAE's augmented Lagrangian: tighten the acyclicity constraint every 100 steps."""
+        if self.args.model.latent == "scm" and step % 100 == 99:
+            self.latent.update_lagrangian(float(self.latent.acyclicity()))
+
+    @torch.no_grad()
+    def graph(self, latents: torch.Tensor) -> torch.Tensor | None:
+        if self.args.model.latent != "scm":
+            return None
+        return self.latent.adjacency().abs().clamp(max=1)
+
+    def stage1_objective(self) -> nn.Module:
+        return VAEObjective(self)
+
+    def stage2_objective(self) -> nn.Module:
+        return ActionObjective(self)
+
+    def stage1_modules(self) -> list[nn.Module]:
+        return [self.encoder, self.latent, self.decoder]
