@@ -114,7 +114,7 @@ class CausalImageModel(nn.Module, ABC):
         return {}
 
     def graph(self, latents: torch.Tensor) -> torch.Tensor | None:
-        """The learned graph over the latent's variables (weights in [0, 1]), if it has one."""
+        """The learned graph (weights in [0, 1], [i, j] = edge j -> i), if the latent has one."""
         return None
 
     # ---- shared on top ---------------------------------------------------------------------

@@ -31,9 +31,9 @@ Losses (per image, averaged over the batch):
 
 Structure and representation are learned separately: ``A`` gets gradients from ``mask``,
 ``sparsity`` and ``acyclic`` only; reconstruction and KL see it as a constant. Under the label
-prior ``N(u, I)``, which ignores the graph, their only pull on ``A`` is towards zero (less
-posterior noise propagated down the graph), which biased weights and, with the encoder
-lagging behind ``A``, made training diverge in our runs.
+prior ``N(u, I)``, which ignores the graph, their pull on ``A`` is towards zero (less posterior
+noise propagated down the graph); in our synthetic runs it shrank the edges by half or more and,
+with A also free in the encoder path, reversed an edge.
 
 Orientation: labels make concepts identifiable, not edge directions. Linear-Gaussian data
 fixes the direction only up to Markov equivalence, unless exogenous variances are equal on the

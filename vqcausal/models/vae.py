@@ -133,13 +133,15 @@ class ContinuousVAE(CausalImageModel):
     def after_step(self, step: int) -> None:
         """CausalVAE's augmented Lagrangian: tighten the acyclicity constraint every 100 steps."""
         if self.args.model.latent == "scm" and step % 100 == 99:
-            self.latent.update_lagrangian(float(self.latent.acyclicity()))
+            with torch.no_grad():
+                self.latent.update_lagrangian(float(self.latent.acyclicity()))
 
     @torch.no_grad()
     def graph(self, latents: torch.Tensor) -> torch.Tensor | None:
         if self.args.model.latent != "scm":
             return None
-        return self.latent.adjacency().abs().clamp(max=1)
+        # CausalVAE's A[i, j] is the edge i -> j; the shared convention is [child, parent]
+        return self.latent.adjacency().abs().clamp(max=1).T
 
     def stage1_objective(self) -> nn.Module:
         return VAEObjective(self)
