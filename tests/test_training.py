@@ -85,6 +85,11 @@ def test_run_folder_holds_config_checkpoint_metrics_figures(trained_run):
     grid = Image.open(trained_run / "figures" / "interventions-0001200.png")
     assert grid.height > 4 * 32  # one row per action
     assert len(list((trained_run / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints
+    records = [
+        json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()
+    ]
+    stage1 = [r for r in records if r["stage"] == 1 and "total" in r]
+    assert stage1 and all(0 < r["usage"] <= 1 and r["perplexity"] >= 1 for r in stage1)
 
 
 def test_resume_continues_step_count_and_loss_curve(tmp_path):

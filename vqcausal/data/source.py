@@ -15,6 +15,11 @@ from vqcausal.data.factors import FactorSpace
 from vqcausal.errors import DataError
 
 
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """Source images uint8 (B, C, H, W) -> float in [0, 1], what models take."""
+    return images.float() / 255.0
+
+
 class GroundTruthSource(ABC):
     """Images indexed by discrete factors of variation.
 

@@ -20,6 +20,7 @@ from vqcausal.models.autoencoder import AutoencoderConfig
 from vqcausal.models.gaussian import GaussianConfig
 from vqcausal.models.ladder import LadderConfig
 from vqcausal.models.quantizer import QuantizerConfig
+from vqcausal.models.retrieval import retrieval_probabilities
 from vqcausal.models.scm import SCMConfig
 from vqcausal.models.transition import TransitionModelConfig
 
@@ -89,14 +90,15 @@ class CausalImageModel(nn.Module, ABC):
         """Apply one action per row (B,) to latents, deterministically."""
 
     @abstractmethod
-    def retrieve_from_latents(
-        self, latents: torch.Tensor, latents_next: torch.Tensor, method: str | None = None
-    ) -> torch.Tensor:
-        """p(action | x, x') (B, A) from latents."""
+    def synthesis_scores(self, latents: torch.Tensor, latents_next: torch.Tensor) -> torch.Tensor:
+        """(B, A) analysis-by-synthesis scores: how well each action explains latents_next."""
 
     @abstractmethod
     def stage1_objective(self) -> nn.Module:
-        """Module whose forward(batch) -> (loss terms with "total", stats) trains stage 1."""
+        """Module whose forward(batch) -> (loss terms with "total", stats) trains stage 1.
+
+        ``batch["stats"]`` is true on steps whose stats are logged; skip the work otherwise.
+        """
 
     @abstractmethod
     def stage2_objective(self) -> nn.Module:
@@ -118,6 +120,21 @@ class CausalImageModel(nn.Module, ABC):
         return None
 
     # ---- shared on top ---------------------------------------------------------------------
+    @torch.no_grad()
+    def retrieve_from_latents(
+        self, latents: torch.Tensor, latents_next: torch.Tensor, method: str | None = None
+    ) -> torch.Tensor:
+        """p(action | x, x') (B, A) from latents, by ``method`` or the config's default.
+
+        Every model has a learned ``classifier(latents, latents_next) -> (B, A) logits``.
+        """
+        method = method or self.args.model.retrieval
+        if method == "synthesis":
+            return retrieval_probabilities(self.synthesis_scores(latents, latents_next))
+        if method == "classifier":
+            return self.classifier(latents, latents_next).softmax(-1)
+        raise ValueError(f"unknown retrieval method '{method}'; choose from {RETRIEVAL_METHODS}")
+
     @torch.no_grad()
     def intervene_latent(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Apply a sequence of actions (B, T); returns every step's latents (B, T, ...)."""

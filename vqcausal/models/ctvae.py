@@ -14,9 +14,9 @@ from einops import rearrange
 from torch import nn
 
 from vqcausal.models.autoencoder import Decoder, Encoder
-from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel, ModelArgs
+from vqcausal.models.base import CausalImageModel, ModelArgs
 from vqcausal.models.quantizer import Quantizer, QuantizerOutput, code_usage
-from vqcausal.models.retrieval import ActionClassifier, retrieval_probabilities
+from vqcausal.models.retrieval import ActionClassifier
 from vqcausal.models.transition import CausalTransition
 
 
@@ -32,7 +32,9 @@ class VQAutoencoderObjective(nn.Module):
         x = batch["x"]
         out = self.quantizer(self.encoder(x))
         mse = F.mse_loss(self.decoder(out.quantized), x)
-        stats = code_usage(out.indices.detach().cpu(), self.codebook_size)
+        stats = {}
+        if batch.get("stats"):
+            stats = code_usage(out.indices.detach().cpu(), self.codebook_size)
         return {"total": mse + out.loss, "mse": mse, "vq": out.loss}, stats
 
 
@@ -96,17 +98,9 @@ class CausalVQVAE(CausalImageModel):
         """One action per row on code variables (deterministic argmax prediction)."""
         return self.transition.predict(codes, actions)
 
-    @torch.no_grad()
-    def retrieve_from_latents(
-        self, codes: torch.Tensor, codes_next: torch.Tensor, method: str | None = None
-    ) -> torch.Tensor:
-        """p(action | x, x') (B, A) from code variables."""
-        method = method or self.args.model.retrieval
-        if method == "synthesis":
-            return retrieval_probabilities(self.transition.score_actions(codes, codes_next))
-        if method == "classifier":
-            return self.classifier(codes, codes_next).softmax(-1)
-        raise ValueError(f"unknown retrieval method '{method}'; choose from {RETRIEVAL_METHODS}")
+    def synthesis_scores(self, codes: torch.Tensor, codes_next: torch.Tensor) -> torch.Tensor:
+        """log p(codes of x' | codes of x, a) for all actions, one batched pass."""
+        return self.transition.score_actions(codes, codes_next)
 
     def latent_stats(self, codes: torch.Tensor) -> dict[str, float]:
         size = self.args.model.quantizer.codebook_size

@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from vqcausal.models.autoencoder import Decoder, Encoder
-from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel, ModelArgs
+from vqcausal.models.base import CausalImageModel, ModelArgs
 from vqcausal.models.latent import ActionShift, ContinuousLatent, PairClassifier
 
 
@@ -115,20 +115,12 @@ class ContinuousVAE(CausalImageModel):
             return self.latent.intervene(latents, actions)
         return self.shift(latents, actions)
 
-    @torch.no_grad()
-    def retrieve_from_latents(
-        self, latents: torch.Tensor, latents_next: torch.Tensor, method: str | None = None
-    ) -> torch.Tensor:
-        method = method or self.args.model.retrieval
-        if method == "synthesis":
-            if self.args.model.latent == "scm":
-                eps, eps_next = self.latent.abduct(latents), self.latent.abduct(latents_next)
-                scores = self.latent.retrieval_scores(eps, eps_next)[:, : self.args.num_actions]
-                return scores.softmax(-1)
-            return shift_scores(self.shift, latents, latents_next).softmax(-1)
-        if method == "classifier":
-            return self.classifier(latents, latents_next).softmax(-1)
-        raise ValueError(f"unknown retrieval method '{method}'; choose from {RETRIEVAL_METHODS}")
+    def synthesis_scores(self, latents: torch.Tensor, latents_next: torch.Tensor) -> torch.Tensor:
+        """Nearest shifted latent; for ``scm`` the concept whose exogenous noise moved most."""
+        if self.args.model.latent == "scm":
+            eps, eps_next = self.latent.abduct(latents), self.latent.abduct(latents_next)
+            return self.latent.retrieval_scores(eps, eps_next)[:, : self.args.num_actions]
+        return shift_scores(self.shift, latents, latents_next)
 
     def after_step(self, step: int) -> None:
         """CausalVAE's augmented Lagrangian: tighten the acyclicity constraint every 100 steps."""

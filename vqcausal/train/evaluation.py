@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from vqcausal.data.source import to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
 from vqcausal.eval.metrics import psnr, retrieval_summary
 from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel
@@ -45,8 +46,8 @@ def evaluate(model: CausalImageModel, data: EvalSet, with_transition: bool = Tru
     n = len(data.transitions)
     recon_psnr, latents, latents_next = [], [], []
     for part in _chunks(n):
-        x = data.x[part].float().div(255).to(device)
-        x_next = data.x_next[part].float().div(255).to(device)
+        x = to_float(data.x[part]).to(device)
+        x_next = to_float(data.x_next[part]).to(device)
         z = model.encode(torch.cat([x, x_next]))
         latents.append(z[: len(x)])
         latents_next.append(z[len(x) :])
@@ -69,7 +70,7 @@ def evaluate(model: CausalImageModel, data: EvalSet, with_transition: bool = Tru
     else:
         metrics["counterfactual_latent_mse"] = (predicted - latents_next).pow(2).mean().item()
     cf_psnr = [
-        psnr(model.decode_latent(predicted[p]), data.x_next[p].float().div(255).to(device)).cpu()
+        psnr(model.decode_latent(predicted[p]), to_float(data.x_next[p]).to(device)).cpu()
         for p in _chunks(n)
     ]
     metrics["counterfactual_psnr"] = torch.cat(cf_psnr).mean().item()
@@ -83,7 +84,7 @@ def intervention_grid(
     """Rows = actions; columns = x then the counterfactual after 1..steps applications."""
     num_actions = model.args.num_actions
     device = _device(model)
-    source = x[:1].float().div(255).to(device).expand(num_actions, -1, -1, -1)
+    source = to_float(x[:1]).to(device).expand(num_actions, -1, -1, -1)
     actions = torch.arange(num_actions, device=device)[:, None].expand(-1, steps)
     out = model.intervene(source, actions)  # (A, steps, C, H, W)
     rows = [torch.cat([source[a : a + 1], out[a]]).cpu() for a in range(num_actions)]
@@ -96,13 +97,13 @@ def save_figures(
 ) -> None:
     """recon / interventions / adjacency PNGs of this evaluation, named by step."""
     device = _device(model)
-    x = data.x[:8].float().div(255).to(device)
+    x = to_float(data.x[:8]).to(device)
     recon = model.decode_latent(model.encode(x)).cpu()
     save_png(labelled_rows([x.cpu(), recon], ["x", "decoded"]), folder / f"recon-{step:07d}.png")
     if not with_transition:
         return
     rows, labels = intervention_grid(model, data.x)
     save_png(labelled_rows(rows, labels), folder / f"interventions-{step:07d}.png")
-    graph = model.graph(model.encode(data.x[:64].float().div(255).to(device)))
+    graph = model.graph(model.encode(to_float(data.x[:64]).to(device)))
     if graph is not None:
         save_png(heatmap(graph.cpu()), folder / f"adjacency-{step:07d}.png")

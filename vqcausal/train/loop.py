@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vqcausal.config import Config, to_dict
-from vqcausal.data.source import ConceptScaler, GroundTruthSource
+from vqcausal.data.source import ConceptScaler, GroundTruthSource, to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
 from vqcausal.models.base import CausalImageModel
@@ -36,11 +36,6 @@ class TrainingError(VQCausalError):
 
 class Interrupted(VQCausalError):
     """Ctrl-C: a checkpoint was saved and the run can be resumed."""
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float in [0, 1]."""
-    return images.float() / 255.0
 
 
 CACHE_KEYS = ("latents", "actions", "latents_next")
@@ -103,6 +98,11 @@ class Trainer:
     def stage_of(self, step: int) -> int:
         return 1 if step < self.train.stage1_steps else 2
 
+    @property
+    def last_stage(self) -> int:
+        """The stage of the last step taken (stage 1 before any)."""
+        return self.stage_of(max(self.step - 1, 0))
+
     def log(self, record: dict) -> None:
         if self.accelerator.is_main_process:
             with self.metrics_path.open("a") as f:
@@ -111,7 +111,7 @@ class Trainer:
     def meta(self, finished: bool) -> dict:
         return {
             "step": self.step,
-            "stage": self.stage_of(max(self.step - 1, 0)),
+            "stage": self.last_stage,
             "finished": finished,
             "stage1_steps": self.train.stage1_steps,
             "stage2_steps": self.train.stage2_steps,
@@ -128,7 +128,7 @@ class Trainer:
             state = {
                 "torch_rng": torch.get_rng_state(),
                 "data_rng": self.generator.get_state(),
-                "stage": torch.tensor(self.stage_of(max(self.step - 1, 0))),
+                "stage": torch.tensor(self.last_stage),
             }
             if optimizer is not None:
                 state["optimizer"] = optimizer.state_dict()
@@ -151,6 +151,13 @@ class Trainer:
         if "optimizer" in self.state and int(self.state["stage"]) == stage:
             optimizer.load_state_dict(self.state["optimizer"])
         self.state = None
+
+    def train_mode(self, stage: int) -> None:
+        """Train mode, with stage-1 modules kept in eval mode (frozen) during stage 2."""
+        self.model.train()
+        if stage == 2:  # frozen: EMA codebooks and batch-norm statistics stay put
+            for module in self.model.stage1_modules():
+                module.eval()
 
     # ---- stages -------------------------------------------------------------------------
     def run(self, stages: tuple[int, ...] = (1, 2)) -> None:
@@ -187,17 +194,15 @@ class Trainer:
                 "x": to_float(torch.cat([x, x_next])).to(device),
                 "labels": self.concepts.normalise(values).to(device),
                 "step": self.step,
+                "stats": (self.step + 1) % self.train.log_every == 0,  # the step logged next
             }
             with self.accelerator.autocast():
                 terms, stats = objective(batch)
             self._update(terms["total"], optimizer, objective)
             model.after_step(self.step)
-            out = {k: v.item() for k, v in terms.items()}
-            if self.step % self.train.log_every == 0:
-                out.update(stats)
-            return out
+            return {k: v.item() for k, v in terms.items()} | stats
 
-        model.train()
+        self.train_mode(1)
         self._loop(1, self.train.stage1_steps, step_fn, optimizer)
 
     def stage2(self) -> None:
@@ -220,9 +225,7 @@ class Trainer:
             self._update(terms["total"], optimizer, objective)
             return {k: v.item() for k, v in terms.items()} | stats
 
-        model.train()
-        for module in model.stage1_modules():  # frozen: EMA codebooks and BN stats stay put
-            module.eval()
+        self.train_mode(2)
         self._loop(2, self.total_steps, step_fn, optimizer)
 
     def latent_cache(self) -> dict[str, torch.Tensor]:
@@ -305,15 +308,13 @@ class Trainer:
         self.model.eval()
         metrics = evaluate(self.model, self.eval_set, with_transition=stage == 2)
         save_figures(self.model, self.eval_set, self.run_dir / "figures", self.step, stage == 2)
-        self.model.train(was_training)
-        if stage == 2:  # the autoencoder stays frozen in eval mode
-            for module in self.model.stage1_modules():
-                module.eval()
+        if was_training:
+            self.train_mode(stage)
         self.log({"stage": stage, "step": self.step, "eval": metrics})
         return metrics
 
     def final_evaluation(self) -> None:
-        stage = self.stage_of(max(self.step - 1, 0))
+        stage = self.last_stage
         metrics = self.evaluate_now(stage)
         summary = {"step": self.step, "finished": self.step >= self.total_steps, **metrics}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
