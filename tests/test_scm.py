@@ -137,7 +137,7 @@ def test_do_on_cyclic_graph_falls_back_to_fixed_point():
 
 
 def test_kl_zero_when_posterior_equals_prior():
-    model = SCMLatent(8, SCMConfig(concepts=3, concept_dim=2))
+    model = SCMLatent(8, SCMConfig(concepts=3, concept_dim=2, init_edge_weight=0.0))
     labels = torch.randn(4, 3)
     mu = labels.repeat_interleave(2, dim=1)  # A = 0: z = eps
     assert model.kl(mu, torch.zeros(4, 6), labels).abs().max() < 1e-6
@@ -165,7 +165,8 @@ def test_kl_matches_full_covariance_gaussian_kl():
 
 
 def test_unlabelled_rows_use_exogenous_standard_normal():
-    model = SCMLatent(8, SCMConfig(concepts=2, concept_dim=1, label_fraction=0.5))
+    cfg = SCMConfig(concepts=2, concept_dim=1, label_fraction=0.5, init_edge_weight=0.0)
+    model = SCMLatent(8, cfg)
     labels = torch.tensor([[1.0, 2.0], [1.0, 2.0], [float("nan"), 0.0], [1.0, 2.0]])
     rows = model.labelled_rows(labels, 4, torch.device("cpu"))
     assert rows.tolist() == [True, True, False, False]
@@ -268,7 +269,89 @@ def test_recovers_chain_graph_on_synthetic_linear_data():
         if (step + 1) % 100 == 0:
             model.update_lagrangian(model.acyclicity().item())
     assert model.learned_graph().tolist() == [[0, 1, 0], [0, 0, 1], [0, 0, 0]]
-    weights = model.adjacency().detach()
-    assert weights[0, 1] > 0 > weights[1, 2]  # signs of the true edges
+    # signs of the true edges, as effects (the gate A and the mask layer's MLP share them)
+    unit = torch.eye(3)[:, None, :].expand(3, 2, 3).transpose(1, 2)  # concept i moved by 1
+    with torch.no_grad():
+        effect = model.structural(unit, model.adjacency()).mean(-1)  # [i, j]: on f_j
+    assert effect[0, 1] > 0 > effect[1, 2]
     assert model.acyclicity().item() < 1e-2
     assert math.isfinite(loss.item())
+
+
+def test_edge_strength_is_abs_weight_for_linear_scm():
+    model = chain_model(0.7, -1.3, k=2)  # mask layer's nonlinear part starts at zero
+    expected = torch.tensor([[0.0, 0.7, 0.0], [0.0, 0.0, 1.3], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(model.edge_strength(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_interventional_edge_prior_and_data_steps():
+    """Actions move concepts 0 and 1 only: no edge may leave 2 or 3; steps come from data."""
+    cfg = SCMConfig(concepts=4, concept_dim=2)
+    model = SCMLatent(8, cfg, action_targets=[0, 0, 1, 1], action_steps=[0.1, -0.1, 0.2, -0.2])
+    with torch.no_grad():
+        model.weights.fill_(1.0)
+    allowed = (model.adjacency() != 0).long().tolist()
+    assert allowed == [[0, 1, 1, 1], [1, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+    with torch.no_grad():
+        model.weights.zero_()
+    z = torch.randn(4, 8)
+    out = model.intervene(z, torch.tensor([0, 1, 2, 3]))
+    torch.testing.assert_close(
+        out[:, 0:2] - z[:, 0:2], torch.tensor([[0.1] * 2, [-0.1] * 2, [0.0] * 2, [0.0] * 2])
+    )
+    torch.testing.assert_close(
+        out[:, 2:4] - z[:, 2:4], torch.tensor([[0.0] * 2, [0.0] * 2, [0.2] * 2, [-0.2] * 2])
+    )
+    eps, eps_next = model.abduct(z), model.abduct(out)
+    assert model.retrieval_scores(eps, eps_next).argmax(-1).tolist() == [0, 1, 2, 3]
+
+
+def test_invariance_loss_known_answers():
+    """u1 = 2 u0, actions move u0 by +-1: the true edge 0 -> 1 keeps e1 fixed (loss 0); the
+    reversed edge leaves u1 as a root whose noise moves by its whole change (loss 1)."""
+    cfg = SCMConfig(concepts=2, concept_dim=1, edge_prior="none")
+    model = SCMLatent(4, cfg, action_targets=[0, 0], action_steps=[1.0, -1.0])
+    u0 = torch.randn(8)
+    actions = torch.tensor([0, 1] * 4)
+    u0_next = u0 + model.action_shift[actions, 0]
+    labels = torch.cat([torch.stack([u0, 2 * u0], -1), torch.stack([u0_next, 2 * u0_next], -1)])
+    with torch.no_grad():
+        model.weights.copy_(torch.tensor([[0.0, 2.0], [0.0, 0.0]]))
+    assert model.pair_losses(labels, actions)["invariance"].item() == pytest.approx(0, abs=1e-6)
+    with torch.no_grad():
+        model.weights.copy_(torch.tensor([[0.0, 0.0], [0.5, 0.0]]))
+    assert model.pair_losses(labels, actions)["invariance"].item() == pytest.approx(1.0)
+    assert model.pair_losses(labels, None) == {}
+
+
+def test_pendulum_graph_from_interventional_label_pairs():
+    """Structure learning on the pendulum's labels alone (no images): the observational fit
+    plus interventional invariance recovers {pendulum, light} -> {shadow length, position}."""
+    from vqcausal.config import DataConfig
+    from vqcausal.data.registry import load_source
+    from vqcausal.data.source import ConceptScaler
+    from vqcausal.data.transitions import TransitionConfig, TransitionSampler, action_concept_steps
+
+    torch.manual_seed(0)
+    source = load_source(DataConfig(dataset="pendulum", image_size=32))
+    sampler = TransitionSampler(source, TransitionConfig())
+    scaler = ConceptScaler(source)
+    targets, steps = action_concept_steps(sampler, scaler)
+    model = SCMLatent(4, SCMConfig(concepts=4, concept_dim=1), targets, steps)
+    generator = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam([model.weights, *model.mask_layer.parameters()], lr=1e-2)
+    for step in range(1500):
+        t = sampler.sample(128, "train", generator)
+        labels = scaler.normalise(torch.cat([t.values, t.values_next]))
+        blocks = labels[:, :, None]
+        mask = (blocks - model.structural(blocks, model.adjacency())).square().sum((1, 2)).mean()
+        h = model.acyclicity()
+        loss = mask + model.pair_losses(labels, t.actions)["invariance"]
+        loss = loss + 1e-2 * model.adjacency().abs().sum()
+        loss = loss + model.lagrangian_lambda * h + 0.5 * model.lagrangian_rho * h.square()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 99:
+            model.update_lagrangian(model.acyclicity().item())
+    assert model.learned_graph().tolist() == source.true_dag.long().tolist()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vqcausal.data.source import GroundTruthSource
+from vqcausal.data.source import ConceptScaler, GroundTruthSource
 from vqcausal.errors import DataError
 
 SPLITS = ("train", "test")
@@ -210,6 +210,29 @@ class TransitionSampler:
             "values": t.values,
             "values_next": t.values_next,
         }
+
+
+def action_concept_steps(
+    sampler: TransitionSampler, scaler: ConceptScaler, pairs: int = 4096, seed: int = 0
+) -> tuple[list[int], list[float]]:
+    """Which concept each action moves (-1: none; matched by factor name) and its typical
+    signed change in normalised label units (the median: a cyclic factor's wrap-around jump
+    would skew a mean), measured on training pairs: what an ``scm`` intervention should move,
+    and by how much (one pendulum step is ~0.12 std, not 1)."""
+    concept_names = scaler.source.concept_names
+    factor_names = sampler.space.names
+    num_actions = len(sampler.space.action_names)
+    targets = [
+        concept_names.index(factor_names[a // 2]) if factor_names[a // 2] in concept_names else -1
+        for a in range(num_actions)
+    ]
+    t = sampler.sample(pairs, "train", torch.Generator().manual_seed(seed))
+    change = scaler.normalise(t.values_next) - scaler.normalise(t.values)
+    steps = []
+    for a, target in enumerate(targets):
+        rows = t.actions == a
+        steps.append(float(change[rows, target].median()) if target >= 0 and rows.any() else 0.0)
+    return targets, steps
 
 
 class TransitionStream(torch.utils.data.IterableDataset):

@@ -50,6 +50,10 @@ class ModelArgs:
     image_shape: list[int]  # C, H, W
     action_names: list[str]
     model: ModelConfig = field(default_factory=ModelConfig)
+    # measured on the data: the concept each action moves (-1: none) and its mean signed step
+    # in normalised label units (vqcausal.data.transitions.action_concept_steps)
+    action_targets: list[int] | None = None
+    action_steps: list[float] | None = None
 
     @property
     def num_actions(self) -> int:

@@ -42,6 +42,10 @@ class ContinuousLatent(nn.Module, ABC):
     def to_decoder(self, z: Tensor) -> Tensor:
         """Latent (B, d) -> decoder features (B, F)."""
 
+    def pair_losses(self, labels: Tensor | None, actions: Tensor | None) -> dict[str, Tensor]:
+        """Extra terms on transition pairs: ``labels`` rows ``[x; x']``, ``actions`` (B/2,)."""
+        return {}
+
 
 class ActionShift(nn.Module):
     """Intervention for latents without a causal layer: a learned shift per action."""

@@ -8,8 +8,9 @@ code. The pipeline for one image:
    mean ``m`` and ``mu = (I - A^T) m`` (same posterior family, but z's mean does not move when
    A does, so the encoder never chases the graph);
 2. linear SCM ``z = A^T z + eps``, i.e. ``z = (I - A^T)^{-1} eps`` per block channel;
-3. mask layer ``z'_j = g_j(sum_i A[i, j] z_i) + eps_j``, ``g_j`` a small residual MLP with a
-   Lipschitz-bounded nonlinear part (see :class:`MaskLayer`); ``z'`` is what the decoder reads.
+3. mask layer ``z'_j = f_j(A_:j o z) + eps_j`` (the paper's ``g_j(A_j o z)``): the parents'
+   blocks gated by their edge weights, a linear part plus a bounded MLP (:class:`MaskLayer`);
+   ``z'`` is what the decoder reads.
 
 Losses (per image, averaged over the batch):
 
@@ -25,25 +26,38 @@ Losses (per image, averaged over the batch):
   ``l_u``, on normalised labels), the detached posterior mean of ``z`` elsewhere (the paper's
   ``l_m``). Regressing the encoder's ``z`` instead learns spurious edges from its imperfect
   alignment, and ``||z - z'||^2`` with ``+ eps`` is identically 0 for a linear ``g``.
+* ``invariance`` (on transition pairs, :meth:`SCMLatent.pair_losses`): an atomic action
+  moves one concept's exogenous noise, so every other concept's structural residual must not
+  change between x and x'.
 * ``sparsity``: L1 on ``A``; ``acyclic``: augmented Lagrangian ``lambda H + rho / 2 H^2`` with
   ``H(A) = tr((I + A o A / n)^n) - n``; the loop calls :meth:`SCMLatent.update_lagrangian`
   (the official code uses fixed weights 3 and 0.5).
 
 Structure and representation are learned separately: ``A`` gets gradients from ``mask``,
-``sparsity`` and ``acyclic`` only; reconstruction and KL see it as a constant. Under the label
-prior ``N(u, I)``, which ignores the graph, their pull on ``A`` is towards zero (less posterior
-noise propagated down the graph); in our synthetic runs it shrank the edges by half or more and,
-with A also free in the encoder path, reversed an edge.
+``invariance``, ``sparsity`` and ``acyclic`` only; reconstruction and KL see it as a constant.
+Under the label prior ``N(u, I)``, which ignores the graph, their pull on ``A`` is towards zero
+(less posterior noise propagated down the graph); in our synthetic runs it shrank the edges by
+half or more and, with A also free in the encoder path, reversed an edge.
 
-Orientation: labels make concepts identifiable, not edge directions. Linear-Gaussian data
-fixes the direction only up to Markov equivalence, unless exogenous variances are equal on the
-label scale (labels normalised by one common scale) or the relations are nonlinear; per-concept
-standardisation of linear-Gaussian labels leaves e.g. 0 -> 1 -> 2 and 2 -> 1 -> 0 equally good.
+Orientation: labels make concepts identifiable, not edge directions. An observational fit
+orients edges only up to Markov equivalence for linear-Gaussian data, and on the pendulum it
+prefers effect -> cause (the shadows predict the angles better than the reverse); the
+official code hides this by initialising ``A`` with the true causal order. The transition
+pairs are interventions with known targets, and the invariance term reads them: an edge into
+a concept that another concept's action leaves unchanged is penalised. Edges *out of* a
+concept no action targets have no interventional evidence at all (with interventions on the
+angles only, "shadow position -> shadow length" explains the data as well as the direct
+edges, since both shadows are functions of the angles); ``edge_prior = "interventional"``
+(default) therefore allows edges only out of acted-on concepts. The reported graph
+thresholds the *edge strength*, the mean ``|d f_j / d z_i|`` on the label scale
+(:meth:`SCMLatent.edge_strength`), not the gate ``A_ij`` alone, since the mask layer's MLP
+shares the effect with it.
 
 Differences from the official code on purpose (see shared/reference/causalvae.md): the
 posterior variance is used, ``A`` has a zero diagonal and no hand-set initial order, labels are
-normalised by the caller, the DAG penalty is a real augmented Lagrangian, and ``do()``
-propagates to all descendants (grandchildren too) in topological order, for any value.
+normalised by the caller, the DAG penalty is a real augmented Lagrangian, actions move concepts
+by steps measured on the data, and ``do()`` propagates to all descendants (grandchildren too)
+in topological order, for any value.
 """
 
 from __future__ import annotations
@@ -57,6 +71,9 @@ from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
 from vqcausal.models.latent import ContinuousLatent, LatentOutput
+
+EDGE_PRIORS = ("interventional", "none")
+PROBES = 256  # points at which edge strengths are measured
 
 
 @dataclass
@@ -74,9 +91,12 @@ class SCMConfig:
     lagrangian_rho_growth: float = 10.0
     lagrangian_rho_max: float = 1e6
     lagrangian_tol: float = 0.25  # h must shrink by this factor between updates, else rho grows
-    edge_threshold: float = 0.3  # |A_ij| above this counts as an edge (learned graph)
-    mask_hidden: int = 32  # width of each concept's g_i
-    mask_lipschitz: float = 0.2  # bound on g_i's nonlinear part (< 1: g_i invertible)
+    w_invariance: float = 1.0  # exogenous noise of non-intervened concepts constant across a pair
+    edge_prior: str = "interventional"  # interventional: edges only out of acted-on concepts | none
+    init_edge_weight: float = 0.1  # every allowed edge starts here (see SCMLatent.__init__)
+    edge_threshold: float = 0.3  # edge strength (mean |d f_j / d z_i|) above this is an edge
+    mask_hidden: int = 64  # width of each concept's g_j
+    mask_lipschitz: float = 2.0  # bound on the slope of g_j's nonlinear part
 
 
 def acyclicity(adjacency: Tensor) -> Tensor:
@@ -115,20 +135,22 @@ def reachability(graph: Tensor) -> Tensor:
 
 
 class MaskLayer(nn.Module):
-    """Per-concept residual MLPs g_j over the parents' weighted block sum (CausalVAE's MaskLayer).
+    """Structural functions ``f_j(z) = sum_i A[i, j] z_i + r_j(A_:j o z) - r_j(0)``.
 
-    ``g_j(x) = x + r_j(x) - r_j(0)`` with ``r_j = W2 elu(W1 x + b1)`` and both weights rescaled
-    to spectral norm <= 1 and ``lipschitz`` respectively. So ``g_j`` is "mild nonlinear,
-    invertible" as the paper asks (an i-ResNet block), ``g_j(0) = 0`` keeps roots at
-    ``z_j = eps_j``, and its slope stays within ``1 +- lipschitz``: an unconstrained MLP can
-    amplify a tiny ``A^T z`` and carry the structure itself, leaving ``A`` near zero and the
-    thresholded graph empty. W2 starts at zero, so the layer starts as the linear SCM.
+    The paper's mask layer ``z_j = g_j(A_j o z) + eps_j``: each concept's MLP ``r_j`` reads its
+    parents' blocks gated by their edge weights (an element-wise mask, so it can model a
+    non-monotone effect of two parents, e.g. the pendulum's shadow length, which a function of
+    the *sum* of the parents, as in the official code, cannot). ``r_j``'s weights are rescaled
+    to spectral norm <= 1 and ``lipschitz``: an unbounded MLP could amplify a tiny gate and
+    leave ``A`` near zero, so the L1 penalty on ``A`` would no longer select edges. ``f_j(0) =
+    0`` keeps roots at ``z_j = eps_j``; W2 starts at zero, so the layer starts as the linear SCM.
     """
 
     def __init__(self, concepts: int, concept_dim: int, hidden: int, lipschitz: float) -> None:
         super().__init__()
         self.lipschitz = lipschitz
-        self.w1 = nn.Parameter(torch.randn(concepts, concept_dim, hidden) / math.sqrt(concept_dim))
+        width = concepts * concept_dim
+        self.w1 = nn.Parameter(torch.randn(concepts, width, hidden) / math.sqrt(width))
         self.b1 = nn.Parameter(torch.zeros(concepts, hidden))
         self.w2 = nn.Parameter(torch.zeros(concepts, hidden, concept_dim))
 
@@ -137,12 +159,14 @@ class MaskLayer(nn.Module):
         norm = torch.linalg.matrix_norm(weight, ord=2)  # (n,) spectral norms
         return weight * (bound / torch.clamp(norm, min=bound))[:, None, None]
 
-    def forward(self, parents: Tensor) -> Tensor:
-        """(B, n, k) weighted parent sums -> (B, n, k) structural predictions g_j."""
+    def forward(self, blocks: Tensor, adjacency: Tensor) -> Tensor:
+        """(B, n, k) concept blocks -> (B, n, k) structural predictions f_j."""
+        linear = torch.einsum("ij,bik->bjk", adjacency, blocks)
+        gated = rearrange(torch.einsum("ij,bik->bjik", adjacency, blocks), "b j i k -> b j (i k)")
         w1 = self._bounded(self.w1, 1.0)
         w2 = self._bounded(self.w2, self.lipschitz)
-        h = torch.einsum("bnk,nkh->bnh", parents, w1) + self.b1
-        return parents + torch.einsum("bnh,nhk->bnk", F.elu(h) - F.elu(self.b1), w2)
+        h = torch.einsum("bjm,jmh->bjh", gated, w1) + self.b1
+        return linear + torch.einsum("bjh,jhk->bjk", F.elu(h) - F.elu(self.b1), w2)
 
 
 class SCMLatent(ContinuousLatent):
@@ -153,20 +177,57 @@ class SCMLatent(ContinuousLatent):
     """
 
     def __init__(
-        self, feature_dim: int, config: SCMConfig | None = None, action_step: float = 1.0
+        self,
+        feature_dim: int,
+        config: SCMConfig | None = None,
+        action_targets: list[int] | None = None,
+        action_steps: list[float] | None = None,
     ) -> None:
+        """``action_targets[a]`` is the concept action ``a`` moves (-1: none of them) and
+        ``action_steps[a]`` its mean signed change in normalised label units, both measured on
+        the data (:func:`vqcausal.data.transitions.action_concept_steps`); by default action
+        ``2i`` / ``2i + 1`` moves concept ``i`` by +1 / -1."""
         super().__init__()
         self.config = cfg = config or SCMConfig()
+        if cfg.edge_prior not in EDGE_PRIORS:
+            raise ValueError(f"scm.edge_prior must be one of {EDGE_PRIORS}, got {cfg.edge_prior!r}")
         self.concepts, self.concept_dim = cfg.concepts, cfg.concept_dim
         self.latent_dim = cfg.concepts * cfg.concept_dim
         self.feature_dim = feature_dim
-        self.action_step = float(action_step)
-        self.num_actions = 2 * cfg.concepts
+        if action_targets is None:
+            action_targets = [a // 2 for a in range(2 * cfg.concepts)]
+        if action_steps is None:
+            action_steps = [1.0 - 2.0 * (a % 2) for a in range(len(action_targets))]
+        if len(action_steps) != len(action_targets) or any(
+            not -1 <= t < cfg.concepts for t in action_targets
+        ):
+            raise ValueError("action_targets / action_steps do not fit the concepts")
+        self.num_actions = len(action_targets)
+        self.register_buffer("action_targets", torch.tensor(action_targets), persistent=False)
+        # (A, n) shift of each concept per action, in normalised label units
+        shift = torch.zeros(self.num_actions, cfg.concepts)
+        for a, (t, step) in enumerate(zip(action_targets, action_steps, strict=True)):
+            if t >= 0:
+                shift[a, t] = step
+        self.register_buffer("action_shift", shift, persistent=False)
+        # Interventions tell edges out of an acted-on concept apart; with none on a concept,
+        # its out-edges have no interventional evidence (module docstring, "Orientation").
+        allowed = 1.0 - torch.eye(cfg.concepts)
+        if cfg.edge_prior == "interventional":
+            targeted = torch.zeros(cfg.concepts)
+            targeted[[t for t in action_targets if t >= 0]] = 1.0
+            allowed = allowed * targeted[:, None]
+        self.register_buffer("allowed_edges", allowed, persistent=False)
+        # No hand-set causal order (the official init encodes the answer): every allowed edge,
+        # both directions, starts at the same small weight. Zero is a saddle point for an edge
+        # whose effect has no linear part (the pendulum's shadow length): the gate then gets no
+        # gradient through the mask layer's MLP, whose output weights start at zero too.
+        self.weights = nn.Parameter(cfg.init_edge_weight * allowed)
+        generator = torch.Generator().manual_seed(0)
+        probes = torch.randn(PROBES, cfg.concepts, generator=generator)
+        self.register_buffer("probes", repeat(probes, "p n -> p n k", k=cfg.concept_dim), False)
         self.heads = nn.Linear(feature_dim, 2 * self.latent_dim)  # -> (mu, logvar) of eps
         self.out = nn.Linear(self.latent_dim, feature_dim)
-        # No hand-set causal order (the official init encodes the answer): A starts empty.
-        self.weights = nn.Parameter(torch.zeros(cfg.concepts, cfg.concepts))
-        self.register_buffer("off_diagonal", 1.0 - torch.eye(cfg.concepts), persistent=False)
         self.mask_layer = MaskLayer(
             cfg.concepts, cfg.concept_dim, cfg.mask_hidden, cfg.mask_lipschitz
         )
@@ -183,11 +244,26 @@ class SCMLatent(ContinuousLatent):
 
     def adjacency(self) -> Tensor:
         """Weighted graph A (n, n), ``A[i, j]`` = edge i -> j; the diagonal is always zero."""
-        return self.weights * self.off_diagonal
+        return self.weights * self.allowed_edges
+
+    @torch.no_grad()
+    def edge_strength(self) -> Tensor:
+        """(n, n) mean |d f_j / d z_i| (block i moved as a whole, block mean of f_j) over
+        standard-normal probes of the normalised label scale: ``|A_ij|`` for a linear SCM, and
+        for the mask layer the effect a parent really has, however gate and MLP share it."""
+        adjacency = self.adjacency().detach()
+        strength = torch.zeros_like(adjacency)
+        with torch.enable_grad():
+            probes = self.probes.clone().requires_grad_(True)
+            out = reduce(self.structural(probes, adjacency), "p n k -> p n", "mean")
+            for j in range(self.concepts):
+                (grad,) = torch.autograd.grad(out[:, j].sum(), probes, retain_graph=True)
+                strength[:, j] = reduce(grad, "p n k -> p n", "sum").abs().mean(0)
+        return strength * (adjacency != 0)
 
     def learned_graph(self) -> Tensor:
-        """0/1 long (n, n): edges with ``|A_ij| > edge_threshold``."""
-        return (self.adjacency().detach().abs() > self.config.edge_threshold).long()
+        """0/1 long (n, n): edges whose strength exceeds ``edge_threshold``."""
+        return (self.edge_strength() > self.config.edge_threshold).long()
 
     def acyclicity(self) -> Tensor:
         """H(A) >= 0, zero iff A is a DAG; the training loop passes it to update_lagrangian."""
@@ -233,8 +309,8 @@ class SCMLatent(ContinuousLatent):
         return self._flat(torch.einsum("ij,bjk->bik", mixing, self._blocks(eps)))
 
     def structural(self, z_blocks: Tensor, adjacency: Tensor) -> Tensor:
-        """g_j(sum_i A[i, j] z_i) for every concept j: (B, n, k) -> (B, n, k)."""
-        return self.mask_layer(torch.einsum("ij,bik->bjk", adjacency, z_blocks))
+        """f_j(A_:j o z) for every concept j: (B, n, k) -> (B, n, k)."""
+        return self.mask_layer(z_blocks, adjacency)
 
     def mask(self, z_scm: Tensor, eps: Tensor, adjacency: Tensor | None = None) -> Tensor:
         """Mask layer z'_j = g_j(A_j o z) + eps_j: the z the decoder reads, (B, n*k)."""
@@ -422,26 +498,50 @@ class SCMLatent(ContinuousLatent):
             blocks[:, j] = torch.where(descendants[:, j, None], new, blocks[:, j])
         return self._flat(blocks)
 
-    def action_concepts(self, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """Action 2i = concept i + step, 2i + 1 = concept i - step -> (concept, sign), (B,)."""
-        sign = 1.0 - 2.0 * (actions % 2).float()
-        return actions // 2, sign
-
     def intervene(self, z: Tensor, actions: Tensor) -> Tensor:
-        """Shift the acted-on concept block by +-action_step via do(): (B, n*k) -> (B, n*k).
+        """Move the acted-on concept block by the action's step via do(): (B, n*k) -> (B, n*k).
 
-        The step is in normalised label units to the extent that blocks follow their prior
-        mean ``u_i 1_k``; a briefly trained model can still be off in scale there.
+        Steps are in normalised label units (measured on the data), which is where blocks sit
+        to the extent that they follow their prior mean ``u_i 1_k``. An action that moves no
+        concept returns z unchanged.
         """
-        concept, sign = self.action_concepts(actions)
-        current = self._blocks(z)[torch.arange(z.shape[0], device=z.device), concept]
-        value = current + (sign * self.action_step)[:, None].to(z.dtype)
+        rows = torch.arange(z.shape[0], device=z.device)
+        concept = self.action_targets[actions].clamp(min=0)
+        step = self.action_shift[actions, concept].to(z.dtype)
+        value = self._blocks(z)[rows, concept] + step[:, None]
         return self.do(z, concept, value)
 
     def retrieval_scores(self, eps: Tensor, eps_next: Tensor) -> Tensor:
-        """Scores (B, 2n) from exogenous posteriors: +delta_i for 2i and -delta_i for 2i+1, with
-        delta_i the block-mean change of eps_i, so argmax names the concept whose exogenous
-        noise moved most and its direction. A learned alternative is
+        """Scores (B, A): minus the squared distance between the exogenous change and each
+        action's shift (its step on its concept's block), so the best action names the concept
+        whose noise moved, the direction and the size. A learned alternative is
         ``vqcausal.models.latent.PairClassifier``."""
-        delta = reduce(self._blocks(eps_next - eps), "b n k -> b n", "mean")
-        return rearrange(torch.stack([delta, -delta], dim=-1), "b n two -> b (n two)")
+        delta = self._blocks(eps_next - eps)  # (B, n, k)
+        shift = repeat(self.action_shift.to(delta.dtype), "a n -> a n k", k=self.concept_dim)
+        return -(delta[:, None] - shift[None]).square().sum((2, 3))
+
+    def pair_losses(self, labels: Tensor | None, actions: Tensor | None) -> dict[str, Tensor]:
+        """Interventional invariance on label pairs: rows ``[x; x']`` with ``actions`` (B/2,).
+
+        An atomic action moves one concept's exogenous noise; every other concept's structural
+        residual ``e_j = u_j - f_j(u)`` must stay put. Squared residual changes are divided by
+        the concept's mean squared label change over all pairs (scale-free: for a non-root, 1 = the
+        graph explains none of its change). This is what orients edges: an observational fit
+        on labels cannot (module docstring), and on the pendulum it prefers effect -> cause.
+        """
+        if labels is None or actions is None or self.config.w_invariance == 0:
+            return {}
+        half = actions.shape[0]
+        finite = torch.isfinite(labels).all(-1)
+        rows = (finite[:half] & finite[half:]).float()
+        u = repeat(torch.nan_to_num(labels.float()), "b n -> b n k", k=self.concept_dim)
+        residual = reduce(u - self.structural(u, self.adjacency()), "b n k -> b n", "mean")
+        target = self.action_targets[actions]
+        moved = F.one_hot(target.clamp(min=0), self.concepts).bool() & (target >= 0)[:, None]
+        keep = (~moved).float() * rows[:, None]
+        change = (residual[half:] - residual[:half]).square()
+        # typical squared change of each concept over all pairs (a root only moves when acted on)
+        label_change = (u[half:, :, 0] - u[:half, :, 0]).square() * rows[:, None]
+        scale = label_change.sum(0) / rows.sum().clamp(min=1)
+        ratio = (change * keep).sum(0) / keep.sum(0).clamp(min=1) / scale.clamp(min=1e-6)
+        return {"invariance": self.config.w_invariance * ratio.sum()}

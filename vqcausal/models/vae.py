@@ -35,7 +35,7 @@ def make_latent(args: ModelArgs, feature_dim: int) -> ContinuousLatent:
         return LadderLatent(feature_dim, cfg.ladder)
     from vqcausal.models.scm import SCMLatent
 
-    return SCMLatent(feature_dim, cfg.scm)
+    return SCMLatent(feature_dim, cfg.scm, args.action_targets, args.action_steps)
 
 
 class VAEObjective(nn.Module):
@@ -48,11 +48,14 @@ class VAEObjective(nn.Module):
 
     def forward(self, batch: dict) -> tuple[dict, dict[str, float]]:
         x, step = batch["x"], int(batch.get("step", 0))
-        out = self.latent(self.encoder(x).flatten(1), batch.get("labels"), step)
+        labels = batch.get("labels")
+        out = self.latent(self.encoder(x).flatten(1), labels, step)
         recon = decode_features(self.decoder, self.latent.to_decoder(out.z), self.grid)
         mse = F.mse_loss(recon, x, reduction="none").flatten(1).sum(1).mean()
         terms = {k: v for k, v in out.losses.items() if k != "total"}
-        return {"total": mse + out.losses["total"], "recon": mse, **terms}, {}
+        terms.update(self.latent.pair_losses(labels, batch.get("actions")))
+        total = mse + out.losses["total"] + sum(v for k, v in terms.items() if k not in out.losses)
+        return {"total": total, "recon": mse, **terms}, {}
 
 
 class ActionObjective(nn.Module):
@@ -119,7 +122,7 @@ class ContinuousVAE(CausalImageModel):
         """Nearest shifted latent; for ``scm`` the concept whose exogenous noise moved most."""
         if self.args.model.latent == "scm":
             eps, eps_next = self.latent.abduct(latents), self.latent.abduct(latents_next)
-            return self.latent.retrieval_scores(eps, eps_next)[:, : self.args.num_actions]
+            return self.latent.retrieval_scores(eps, eps_next)
         return shift_scores(self.shift, latents, latents_next)
 
     def after_step(self, step: int) -> None:

@@ -128,7 +128,13 @@ def model_args_from_meta(meta: dict) -> ModelArgs:
     raw = meta["model_args"]
     try:
         model = from_dict(ModelConfig, raw["model"], prefix="model.")
-        return ModelArgs(list(raw["image_shape"]), list(raw["action_names"]), model)
+        return ModelArgs(
+            list(raw["image_shape"]),
+            list(raw["action_names"]),
+            model,
+            raw.get("action_targets"),
+            raw.get("action_steps"),
+        )
     except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"checkpoint model description is unusable ({err})") from None
 

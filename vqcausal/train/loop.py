@@ -193,6 +193,7 @@ class Trainer:
             batch = {
                 "x": to_float(torch.cat([x, x_next])).to(device),
                 "labels": self.concepts.normalise(values).to(device),
+                "actions": t.actions.to(device),
                 "step": self.step,
                 "stats": (self.step + 1) % self.train.log_every == 0,  # the step logged next
             }

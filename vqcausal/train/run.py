@@ -14,9 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+import tomli_w
+
 from vqcausal.cli import add_config_args, config_from_args, run
 from vqcausal.config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from vqcausal.data.registry import load_source
+from vqcausal.data.source import ConceptScaler
+from vqcausal.data.transitions import TransitionSampler, action_concept_steps
 from vqcausal.train.checkpoint import (
     config_from_meta,
     latest_checkpoint,
@@ -37,22 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _toml(data: dict, prefix: str = "") -> str:
-    """Minimal TOML writer for our config dicts (scalars, lists, nested tables)."""
-    import json
+def config_toml(config: Config) -> str:
+    """The run's config as TOML; unset (None) values are left out, as TOML has no null."""
 
-    scalars, tables = [], []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            scalars.append(f"{key} = {json.dumps(value)}")
-    parts = ["\n".join(scalars)] if scalars else []
-    for key, value in tables:
-        name = f"{prefix}{key}"
-        body = _toml(value, prefix=f"{name}.")
-        parts.append(f"[{name}]\n{body}" if body and not body.startswith("[") else body)
-    return "\n\n".join(p for p in parts if p)
+    def drop_none(data: dict) -> dict:
+        return {
+            k: drop_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None
+        }
+
+    return tomli_w.dumps(drop_none(to_dict(config)))
 
 
 def _build(args: argparse.Namespace):
@@ -90,7 +87,9 @@ def _build(args: argparse.Namespace):
             "change model.autoencoder.widths or data.image_size"
         )
     if resume is None:
-        model_args = ModelArgs([c, h, w], source.space.action_names, config.model)
+        sampler = TransitionSampler(source, config.transitions)
+        targets, steps = action_concept_steps(sampler, ConceptScaler(source, seed=config.seed))
+        model_args = ModelArgs([c, h, w], source.space.action_names, config.model, targets, steps)
     else:
         model_args = model_args_from_meta(resume.meta)
     torch.manual_seed(config.seed)
@@ -103,7 +102,7 @@ def _build(args: argparse.Namespace):
         run_dir = resume.path.parent.parent
     elif accelerator.is_main_process:
         run_dir = new_run_dir(config)
-        write_text_atomic(run_dir / "config.toml", _toml(to_dict(config)) + "\n")
+        write_text_atomic(run_dir / "config.toml", config_toml(config))
     else:
         run_dir = None
     if accelerator.num_processes > 1:
