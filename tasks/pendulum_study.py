@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
+from vqcausal.cli import add_set_arg
 from vqcausal.cli import run as run_cli
 from vqcausal.data.registry import load_source
 from vqcausal.data.source import GroundTruthSource, to_float
@@ -197,14 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latents", nargs="+", default=list(LATENTS), choices=list(LATENTS))
     parser.add_argument("--data-dir", help="a CausalVAE pendulum folder (default: procedural)")
     parser.add_argument("--out", default="runs/pendulum_study", help="study folder")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for every run, e.g. train.stage1_steps=20000",
-    )
+    add_set_arg(parser, "train.stage1_steps=20000")
     args = parser.parse_args(argv)
 
     def work() -> None:

@@ -17,17 +17,22 @@ from vqcausal.errors import VQCausalError
 EXIT_USER_ERROR = 2
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """--config / --set plus shortcuts for the data section."""
-    parser.add_argument("--config", help="TOML config file (see configs/)")
+def add_set_arg(parser: argparse.ArgumentParser, example: str = "transitions.imbalance=10") -> None:
+    """Repeatable ``--set section.key=value`` config overrides (into ``args.overrides``)."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field, e.g. --set transitions.imbalance=10 (repeatable)",
+        help=f"override a config field, e.g. --set {example} (repeatable)",
     )
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """--config / --set plus shortcuts for the data section."""
+    parser.add_argument("--config", help="TOML config file (see configs/)")
+    add_set_arg(parser)
     parser.add_argument("--dataset", help="shapes3d | sprites | pendulum | folder")
     parser.add_argument("--path", help="a dataset file or folder you already have")
 
@@ -109,6 +114,31 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model (same as train.py)")
     train.add_argument("args", nargs=argparse.REMAINDER, help="arguments for train.py")
     train.set_defaults(handler=_train)
+
+    report = commands.add_parser("report", help="one self-contained HTML page of a run's results")
+    report.add_argument("run_dir", help="training run folder")
+    report.add_argument(
+        "--eval-dir", help="folder with metrics.json and figures (default: RUN_DIR/eval)"
+    )
+    report.add_argument("--out", help="HTML file to write (default: EVAL_DIR/report.html)")
+    report.set_defaults(handler=_report)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="held-out metrics and figures of a finished run (metrics.json)"
+    )
+    evaluate.add_argument("run_dir", help="training run folder")
+    evaluate.add_argument("--split", default="test", help="test (default) or train pairs")
+    evaluate.add_argument(
+        "--out", help="folder for metrics.json and figures (default: RUN_DIR/eval)"
+    )
+    evaluate.add_argument(
+        "--pairs", type=int, help="held-out pairs to evaluate (default 1024; with --fast 128)"
+    )
+    evaluate.add_argument(
+        "--fast", action="store_true", help="small samples and a tiny oracle: a quick smoke check"
+    )
+    evaluate.add_argument("--seed", type=int, help="seed of the drawn pairs (default: the run's)")
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 
@@ -229,6 +259,32 @@ def _train(args: argparse.Namespace) -> None:
     from vqcausal.train.run import main as train_main
 
     train_main(args.args)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from vqcausal.eval.report import build_report
+
+    eval_dir = Path(args.eval_dir) if args.eval_dir else None
+    out = Path(args.out) if args.out else None
+    print(build_report(Path(args.run_dir), eval_dir, out))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from vqcausal.eval.evaluate import evaluate_run, print_summary
+
+    console = Console(stderr=True)
+    result = evaluate_run(
+        args.run_dir,
+        args.out,
+        args.split,
+        args.pairs,
+        args.fast,
+        args.seed,
+        status=lambda message: console.status(f"evaluate: {message}"),
+    )
+    print_summary(result)
 
 
 def run(handler: Callable[[], None]) -> int:

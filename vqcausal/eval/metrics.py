@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
 import torch
+
+# sklearn and torchmetrics are imported inside the functions that need them: together they add
+# ~3 s to importing this module, which training-time evaluation and the CLI always do.
 
 PSNR_CAP_DB = 100.0  # identical images: PSNR is infinite; we report this cap instead
 
@@ -33,3 +40,64 @@ def retrieval_summary(probs: torch.Tensor, target: torch.Tensor) -> dict[str, fl
         "balanced_accuracy": present.mean().item(),
         "worst_action_accuracy": present.min().item(),
     }
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM for images in [0, 1], shape ``(B,)``; identical images give 1.
+
+    PSNR only sees pixel error; SSIM also rewards kept structure (edges, local contrast), which
+    is what a counterfactual image should preserve. Accepts ``(B, C, H, W)`` or ``(B, H, W)``.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target differ in shape: {tuple(pred.shape)} vs {tuple(target.shape)}"
+        )
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    if pred.ndim == 3:
+        pred, target = pred.unsqueeze(1), target.unsqueeze(1)
+    value = structural_similarity_index_measure(
+        pred.float(), target.float(), data_range=1.0, reduction="none"
+    )
+    return value.reshape(-1)
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def retrieval_report(
+    scores: torch.Tensor,
+    target: torch.Tensor,
+    action_names: Sequence[str],
+    top_k: Sequence[int] = (1, 3),
+) -> dict[str, Any]:
+    """Full, JSON-safe account of action retrieval, to see which actions get confused.
+
+    ``scores`` is ``(B, A)`` (probabilities or logits; only their order matters) and ``target``
+    the true action of each sample. Actions are ordered ``2k`` = factor ``k`` "+" and ``2k + 1``
+    = factor ``k`` "-", so ``undirected_accuracy`` counts the right factor in either direction.
+    ``top_k`` keys are the requested ``k`` as strings, with ``k`` capped at ``A``. ``per_action``
+    is None for actions without samples; ``confusion[true][predicted]`` counts samples.
+    """
+    from sklearn.metrics import confusion_matrix
+
+    scores, target = scores.detach().cpu(), target.detach().cpu().long()
+    num_actions = scores.shape[-1]
+    if len(action_names) != num_actions:
+        raise ValueError(f"{len(action_names)} action names for {num_actions} score columns")
+    pred = scores.argmax(-1)
+    report: dict[str, Any] = dict(retrieval_summary(scores, target))
+    report["undirected_accuracy"] = (pred // 2 == target // 2).double().mean().item()
+    report["top_k"] = {}
+    for k in top_k:
+        best = scores.topk(min(int(k), num_actions), dim=-1).indices
+        report["top_k"][str(k)] = (best == target[:, None]).any(-1).double().mean().item()
+    per_action = per_class_accuracy(pred, target, num_actions)
+    report["per_action"] = {
+        name: _json_float(acc) for name, acc in zip(action_names, per_action.tolist(), strict=True)
+    }
+    report["confusion"] = confusion_matrix(
+        target.numpy(), pred.numpy(), labels=list(range(num_actions))
+    ).tolist()
+    return report
