@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -51,3 +53,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_folder(runs: Path) -> Path:
+    """The one run folder under ``runs``."""
+    (folder,) = [p for p in runs.iterdir() if p.is_dir()]
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """The smoke config trained once (toy data, ~1 minute on one core), shared by tests."""
+    from vqcausal.train.run import main as train
+
+    runs = tmp_path_factory.mktemp("runs")
+    assert train(["--config", "configs/smoke.toml", "--set", f'runs="{runs}"']) == 0
+    return run_folder(runs)

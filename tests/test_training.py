@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_folder
 from PIL import Image
 
 from vqcausal.cli import main as cli
@@ -27,22 +28,9 @@ TINY = [
 ]
 
 
-def run_folder(runs: Path) -> Path:
-    (folder,) = [p for p in runs.iterdir() if p.is_dir()]
-    return folder
-
-
 def losses(folder: Path) -> dict[int, float]:
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["total"] for r in records if "total" in r}
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory) -> Path:
-    """The smoke config trained once (toy data, ~1 minute on one core)."""
-    runs = tmp_path_factory.mktemp("runs")
-    assert train(["--config", "configs/smoke.toml", "--set", f'runs="{runs}"']) == 0
-    return run_folder(runs)
 
 
 def save_png(tensor: torch.Tensor, path: Path) -> Path:

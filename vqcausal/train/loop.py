@@ -26,7 +26,12 @@ from vqcausal.data.source import ConceptScaler, GroundTruthSource, to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
 from vqcausal.models.base import CausalImageModel
-from vqcausal.train.checkpoint import Checkpoint, load_train_state, save_checkpoint
+from vqcausal.train.checkpoint import (
+    Checkpoint,
+    load_train_state,
+    save_checkpoint,
+    write_text_atomic,
+)
 from vqcausal.train.evaluation import EvalSet, evaluate, save_figures
 
 
@@ -86,6 +91,8 @@ class Trainer:
         torch.manual_seed(config.seed * 1000 + rank)
         self.eval_set = EvalSet.draw(self.sampler, self.train.eval_pairs, config.seed)
         self.metrics_path = run_dir / "metrics.jsonl"
+        if resume is not None and accelerator.is_main_process:
+            self.truncate_metrics(resume.step)
         self.last_checkpoint: Path | None = None if resume is None else resume.path
         self.checkpoint_step = None if resume is None else resume.step
         self.last_loss: float = float("nan")
@@ -102,6 +109,21 @@ class Trainer:
     def last_stage(self) -> int:
         """The stage of the last step taken (stage 1 before any)."""
         return self.stage_of(max(self.step - 1, 0))
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop log lines after the checkpoint a run resumes from (a crash or Ctrl-C leaves
+        records of steps that will be trained again) and a half-written last line."""
+        if not self.metrics_path.exists():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
+        write_text_atomic(self.metrics_path, "".join(f"{line}\n" for line in kept))
 
     def log(self, record: dict) -> None:
         if self.accelerator.is_main_process:
