@@ -191,3 +191,12 @@ def test_train_bad_input(args, message, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_vqcausal_train_passes_options_through(tmp_path):
+    """``vqcausal train --config ...`` is ``train.py --config ...`` (options first)."""
+    sets = ["train.stage1_steps=2", "train.stage2_steps=1", "train.cache_pairs=32"]
+    sets += ["train.eval_pairs=16", f'runs="{tmp_path}"']
+    argv = ["train", "--config", "configs/smoke.toml"] + [a for s in sets for a in ("--set", s)]
+    assert cli(argv) == 0
+    assert latest_checkpoint(run_folder(tmp_path)).finished

@@ -124,3 +124,91 @@ def test_stream_yields_batches_per_worker(toy):
     again = next(iter(stream))
     assert torch.equal(first["values"], again["values"])
     assert first["x"].shape == (8, 3, 16, 16)
+
+
+# ---- one action held at k training pairs ---------------------------------------------------
+def _pairs_of(t, action: int) -> set[tuple[int, ...]]:
+    rows = t.actions == action
+    return {tuple(v) for v in t.values[rows].tolist()}
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_rare_action_uses_exactly_k_distinct_training_pairs(toy, k):
+    config = TransitionConfig(rare_action="hue+", rare_examples=k, seed=4)
+    sampler = TransitionSampler(toy, config)
+    rare = toy.space.action_names.index("hue+")
+    seen: set[tuple[int, ...]] = set()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):  # many batches: the set never grows beyond k
+        t = sampler.sample(2000, "train", generator)
+        seen |= _pairs_of(t, rare)
+        diff = t.values_next - t.values
+        assert ((diff != 0).sum(1) == 1).all()  # still atomic moves
+    assert len(seen) == k
+    assert seen == {tuple(v) for v in sampler.rare_values.tolist()}
+    # the rare pairs are training pairs: source and target both in the train split
+    fixed = sampler.rare_values
+    moved, valid = toy.space.apply(fixed, torch.full((k,), rare))
+    assert valid.all()
+    assert (sampler.split_of(fixed) == 0).all() and (sampler.split_of(moved) == 0).all()
+    # its frequency is unchanged (uniform here), other actions keep their many sources
+    freq = torch.bincount(t.actions, minlength=4).double() / len(t)
+    assert (freq - 0.25).abs().max() < 0.05
+    assert len(_pairs_of(t, toy.space.action_names.index("position+"))) > 10
+
+
+def test_rare_action_set_is_deterministic_per_seed(toy):
+    def rare_set(seed: int) -> torch.Tensor:
+        config = TransitionConfig(rare_action="position-", rare_examples=6, seed=seed)
+        return TransitionSampler(toy, config).rare_values
+
+    assert torch.equal(rare_set(1), rare_set(1))
+    assert not torch.equal(rare_set(1), rare_set(2))
+    a = TransitionSampler(toy, TransitionConfig(rare_action="position-", rare_examples=6, seed=1))
+    b = TransitionSampler(toy, TransitionConfig(rare_action="position-", rare_examples=6, seed=1))
+    ta, tb = a.sample(500), b.sample(500)
+    assert torch.equal(ta.values, tb.values) and torch.equal(ta.actions, tb.actions)
+
+
+def test_rare_action_leaves_test_pairs_untouched(toy):
+    plain = TransitionSampler(toy, TransitionConfig(seed=3))
+    rare = TransitionSampler(toy, TransitionConfig(rare_action="hue+", rare_examples=2, seed=3))
+    a = plain.sample(800, "test", torch.Generator().manual_seed(9))
+    b = rare.sample(800, "test", torch.Generator().manual_seed(9))
+    assert torch.equal(a.values, b.values) and torch.equal(a.actions, b.actions)
+    assert len(_pairs_of(b, toy.space.action_names.index("hue+"))) > 2
+    assert torch.equal(plain.action_probs, rare.action_probs)
+
+
+def test_rare_action_with_imbalance_and_a_sparse_source(sparse_toy):
+    config = TransitionConfig(imbalance=10.0, rare_action="position+", rare_examples=3, seed=1)
+    sampler = TransitionSampler(sparse_toy, config)
+    t = sampler.sample(3000)
+    assert len(_pairs_of(t, 0)) == 3
+    assert (sparse_toy.rows_of(t.values_next) >= 0).all()
+    assert sampler.action_probs[0] == sampler.action_probs.max()  # frequency as configured
+
+
+def test_rare_action_bad_settings_are_one_line_errors(toy):
+    with pytest.raises(DataError, match="unknown rare_action 'hue\\*'; choose from position+"):
+        TransitionSampler(toy, TransitionConfig(rare_action="hue*", rare_examples=2))
+    with pytest.raises(DataError, match="go together"):
+        TransitionConfig(rare_action="hue+")
+    with pytest.raises(DataError, match="go together"):
+        TransitionConfig(rare_examples=3)
+    with pytest.raises(DataError, match=">= 0"):
+        TransitionConfig(rare_action="hue+", rare_examples=-1)
+    with pytest.raises(DataError, match="only \\d+ distinct training pairs"):
+        TransitionSampler(toy, TransitionConfig(rare_action="position+", rare_examples=500))
+
+
+def test_test_split_is_balanced_over_actions_whatever_the_imbalance(toy):
+    sampler = TransitionSampler(toy, TransitionConfig(imbalance=100))
+    generator = torch.Generator().manual_seed(0)
+    train = torch.bincount(sampler.sample(4000, "train", generator).actions, minlength=4)
+    test = torch.bincount(sampler.sample(4000, "test", generator).actions, minlength=4)
+    assert train.max() > 20 * train.min()  # training keeps the 1:100 skew
+    assert test.min() > 800 and test.max() < 1200  # held-out pairs: ~1000 per action
+    mirrored = TransitionSampler(toy, TransitionConfig(imbalance=100, balanced_test=False))
+    test = torch.bincount(mirrored.sample(4000, "test", generator).actions, minlength=4)
+    assert test.max() > 20 * test.min()

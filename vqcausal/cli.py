@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     intervene.add_argument("--scale", type=int, default=2, help="pixel upscaling")
     intervene.set_defaults(handler=_intervene)
 
+    ablate = commands.add_parser(
+        "ablate", help="imbalance ablation sweep (same as tasks/imbalance_ablation.py)"
+    )
+    ablate.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the sweep")
+    ablate.set_defaults(handler=_ablate)
+
     train = commands.add_parser("train", help="train a model (same as train.py)")
     train.add_argument("args", nargs=argparse.REMAINDER, help="arguments for train.py")
     train.set_defaults(handler=_train)
@@ -138,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fast", action="store_true", help="small samples and a tiny oracle: a quick smoke check"
     )
     evaluate.add_argument("--seed", type=int, help="seed of the drawn pairs (default: the run's)")
+    evaluate.add_argument(
+        "--no-disentanglement",
+        dest="disentanglement",
+        action="store_false",
+        help="skip the disentanglement scores (the slowest section)",
+    )
     evaluate.set_defaults(handler=_evaluate)
     return parser
 
@@ -256,9 +268,11 @@ def _intervene(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from vqcausal.train.run import main as train_main
+    raise SystemExit(_pass_through("train")(args.args))
 
-    train_main(args.args)
+
+def _ablate(args: argparse.Namespace) -> None:
+    raise SystemExit(_pass_through("ablate")(args.args))
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -283,6 +297,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.fast,
         args.seed,
         status=lambda message: console.status(f"evaluate: {message}"),
+        disentanglement=args.disentanglement,
     )
     print_summary(result)
 
@@ -303,7 +318,22 @@ def run(handler: Callable[[], None]) -> int:
     return 0
 
 
+def _pass_through(command: str) -> Callable[[list[str]], int]:
+    """``train`` and ``ablate`` hand their arguments to their own parsers as they are
+    (argparse's REMAINDER does not capture a leading ``--option`` inside a subcommand)."""
+    if command == "train":
+        from vqcausal.train.run import main as train_main
+
+        return train_main
+    from vqcausal.ablate import main as ablate_main
+
+    return ablate_main
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("train", "ablate"):
+        return _pass_through(argv[0])(argv[1:])
     args = build_parser().parse_args(argv)
     return run(lambda: args.handler(args))
 

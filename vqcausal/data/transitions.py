@@ -35,12 +35,24 @@ class TransitionConfig:
     test_fraction: float = 0.1
     seed: int = 0
     action_order: list[int] | None = None
+    rare_action: str = ""  # e.g. "object_hue+": its training pairs come from a fixed set ...
+    rare_examples: int = 0  # ... of this many distinct pairs (0: off)
+    # test pairs draw actions uniformly whatever the training imbalance, so a rare action is
+    # measured on as many held-out pairs as a common one (False: test mirrors training)
+    balanced_test: bool = True
 
     def __post_init__(self) -> None:
         if self.imbalance < 1 or self.value_imbalance < 1:
             raise DataError("imbalance ratios must be >= 1 (1 means uniform)")
         if not 0 < self.test_fraction < 1:
             raise DataError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.rare_examples < 0:
+            raise DataError(f"rare_examples must be >= 0, got {self.rare_examples}")
+        if bool(self.rare_action) != (self.rare_examples > 0):
+            raise DataError(
+                "rare_action and rare_examples go together: name the action and give "
+                "rare_examples >= 1, or leave both unset"
+            )
 
 
 @dataclass
@@ -94,6 +106,10 @@ class TransitionSampler:
         self._stored = source.stored_values()
         if self._stored is not None:
             self._prepare_stored()
+        self.rare_action: int | None = None
+        self.rare_values: torch.Tensor | None = None  # (k, K) sources of the k rare pairs
+        if self.config.rare_action:
+            self._prepare_rare()
 
     # ---- split ---------------------------------------------------------------------
     def split_of(self, values: torch.Tensor) -> torch.Tensor:
@@ -166,6 +182,65 @@ class TransitionSampler:
             f"{self.source.name}: could not draw {SPLITS[split]} pairs; check the split"
         )
 
+    # ---- one action held at k training pairs ----------------------------------------------
+    def _prepare_rare(self) -> None:
+        """Draw the fixed set of ``rare_examples`` distinct training pairs of ``rare_action``.
+
+        Drawn with the ordinary train-split sampler (so value imbalance and the split apply)
+        from a generator seeded by ``seed`` and the action alone: the set does not depend on
+        how many batches were drawn before, and it is the same in every process.
+        """
+        names = list(self.space.action_names)
+        name, k = self.config.rare_action, self.config.rare_examples
+        if name not in names:
+            raise DataError(
+                f"{self.source.name}: unknown rare_action '{name}'; choose from {', '.join(names)}"
+            )
+        a = names.index(name)
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + 7907 * (a + 1))
+        chunk = max(4 * k, 256)
+        found: dict[int, torch.Tensor] = {}  # raveled source -> values, in order of discovery
+        stale = 0
+        while len(found) < k and stale < 20:
+            actions = torch.full((chunk,), a, dtype=torch.long)
+            if self._stored is not None:
+                values = self._sample_stored(actions, 0, generator)
+            else:
+                values = self._sample_grid(actions, 0, generator)
+            before = len(found)
+            for key, row in zip(self.space.ravel(values).tolist(), values, strict=True):
+                if key not in found:
+                    found[key] = row
+                    if len(found) == k:
+                        break
+            stale = stale + 1 if len(found) == before else 0
+        if len(found) < k:
+            raise DataError(
+                f"{self.source.name}: action '{name}' has only {len(found)} distinct training "
+                f"pairs, fewer than rare_examples = {k}"
+            )
+        self.rare_action = a
+        self.rare_values = torch.stack(list(found.values()))
+
+    def _sample_train_with_rare(
+        self, actions: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Train sources: the rare action's from its fixed set, every other action's as usual."""
+        assert self.rare_values is not None
+        values = torch.empty(actions.shape[0], self.space.num_factors, dtype=torch.long)
+        rare = actions == self.rare_action
+        others = (~rare).nonzero().squeeze(1)
+        if others.numel():
+            if self._stored is not None:
+                values[others] = self._sample_stored(actions[others], 0, generator)
+            else:
+                values[others] = self._sample_grid(actions[others], 0, generator)
+        count = int(rare.sum())
+        if count:
+            pick = torch.randint(len(self.rare_values), (count,), generator=generator)
+            values[rare] = self.rare_values[pick]
+        return values
+
     # ---- public -----------------------------------------------------------------------
     def sample(
         self,
@@ -174,16 +249,22 @@ class TransitionSampler:
         generator: torch.Generator | None = None,
         actions: torch.Tensor | None = None,
     ) -> Transitions:
-        """n transitions of a split; actions follow ``action_probs`` unless given."""
+        """n transitions of a split; actions follow ``action_probs`` unless given (test pairs:
+        uniform over actions when ``balanced_test``)."""
         if split not in SPLITS:
             raise DataError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
         s = SPLITS.index(split)
         if generator is None:
             generator = torch.Generator().manual_seed(self.config.seed)
         if actions is None:
-            actions = torch.multinomial(self.action_probs, n, replacement=True, generator=generator)
+            probs = self.action_probs
+            if s == 1 and self.config.balanced_test:
+                probs = torch.full_like(probs, 1.0 / len(probs))
+            actions = torch.multinomial(probs, n, replacement=True, generator=generator)
         actions = actions.long()
-        if self._stored is not None:
+        if s == 0 and self.rare_values is not None:
+            values = self._sample_train_with_rare(actions, generator)
+        elif self._stored is not None:
             values = self._sample_stored(actions, s, generator)
         else:
             values = self._sample_grid(actions, s, generator)

@@ -572,8 +572,13 @@ def _nothing(message: str):
     yield
 
 
-def run_evaluation(inputs: Inputs, status: Status | None = None) -> Result:
-    """Compute every section, write the figures and metrics.json, return them."""
+def run_evaluation(
+    inputs: Inputs, status: Status | None = None, disentanglement: bool = True
+) -> Result:
+    """Compute every section, write the figures and metrics.json, return them.
+
+    ``disentanglement=False`` skips the slowest section (sklearn models over 10k points),
+    which sweeps that only compare retrieval and counterfactuals do not need."""
     from vqcausal.eval.disentanglement import DisentanglementSettings
     from vqcausal.eval.oracle import OracleSettings, load_or_train_oracle
     from vqcausal.train.checkpoint import write_text_atomic
@@ -632,10 +637,12 @@ def run_evaluation(inputs: Inputs, status: Status | None = None) -> Result:
         )
     lap("counterfactual")
     represent = Representation(model, render)
-    with status("disentanglement scores"):
-        disentanglement = disentanglement_section(
-            represent, source, dis_settings, inputs.seed, latent == "vq"
-        )
+    scores: dict = {"skipped": "not asked for (--no-disentanglement)"}
+    if disentanglement:
+        with status("disentanglement scores"):
+            scores = disentanglement_section(
+                represent, source, dis_settings, inputs.seed, latent == "vq"
+            )
     lap("disentanglement")
     with status("structure and MIC"):
         structure = structure_section(
@@ -656,7 +663,7 @@ def run_evaluation(inputs: Inputs, status: Status | None = None) -> Result:
         "retrieval": retrieval,
         "reconstruction": reconstruction,
         "counterfactual": counterfactual,
-        "disentanglement": disentanglement,
+        "disentanglement": scores,
         "structure": structure,
         "settings": {
             "fast": inputs.fast,
@@ -684,9 +691,11 @@ def evaluate_run(
     fast: bool = False,
     seed: int | None = None,
     status: Status | None = None,
+    disentanglement: bool = True,
 ) -> Result:
     """Validate, then evaluate (see the module docstring)."""
-    return run_evaluation(prepare(run_dir, out, split, pairs, fast, seed), status)
+    inputs = prepare(run_dir, out, split, pairs, fast, seed)
+    return run_evaluation(inputs, status, disentanglement)
 
 
 # ---- printing -------------------------------------------------------------------------------

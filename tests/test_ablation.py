@@ -1,0 +1,465 @@
+"""The imbalance ablation: planner, skip/resume bookkeeping, aggregation, one real tiny cell."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from vqcausal import ablation
+from vqcausal.ablation import AblationError, Cell, SweepOptions
+from vqcausal.config import load_config
+from vqcausal.train.run import config_toml
+
+TOY_TINY = (  # configs/smoke.toml-sized and a few dozen steps: the real end-to-end cell
+    "model.autoencoder.widths=[16, 32]",
+    "model.autoencoder.embed_dim=32",
+    "model.quantizer.codebook_size=32",
+    "train.stage1_steps=40",
+    "train.stage2_steps=30",
+    "train.cache_pairs=500",
+    "train.eval_pairs=64",
+    "train.checkpoint_every=20",
+    "train.log_every=10",
+)
+
+
+def resolved(cell: Cell):
+    """The config the cell's training run would get (train.py resolves the same way)."""
+    return load_config(cell.config_path, list(cell.overrides))
+
+
+# ---- planner ------------------------------------------------------------------------------------
+def test_smoke_plan_is_the_small_grid():
+    cells = ablation.plan("smoke")
+    assert [c.name for c in cells] == [
+        "shapes3d-vq-actions-rho1-s0",
+        "shapes3d-gaussian-actions-rho1-s0",
+        "shapes3d-vq-actions-rho100-s0",
+        "shapes3d-gaussian-actions-rho100-s0",
+    ]
+    config = resolved(cells[2])
+    assert config.model.autoencoder.widths == [16, 32, 64]
+    assert f"train.stage1_steps={config.train.stage1_steps}" in ablation.SMOKE_OVERRIDES
+    assert config.transitions.imbalance == 100.0 and config.model.latent == "vq"
+
+
+def test_full_plan_counts_names_and_seed_major_order():
+    cells = ablation.plan(
+        "full", datasets=["shapes3d"], latents=["vq", "scm"], rhos=[1, 10], ks=[1, 5], seeds=[0, 1]
+    )
+    # per seed and latent: actions rho 1, 10; values rho 10 (rho 1 is the actions cell);
+    # held_out k 1, 5
+    assert len(cells) == 2 * 2 * 5
+    names = {c.name for c in cells}
+    assert len(names) == len(cells)
+    assert "shapes3d-scm-values-rho10-s1" in names
+    assert "shapes3d-vq-held_out-k5-s0" in names
+    assert "shapes3d-vq-values-rho1-s0" not in names
+    assert [c.seed for c in cells] == [0] * 10 + [1] * 10
+    # without the actions mode, values keeps its own uniform cell
+    only_values = ablation.plan(
+        "full", datasets=["sprites"], latents=["vq"], modes=["values"], rhos=[1, 10], seeds=[0]
+    )
+    assert [c.name for c in only_values] == [
+        "sprites-vq-values-rho1-s0",
+        "sprites-vq-values-rho10-s0",
+    ]
+    full = ablation.plan("full")
+    assert len(full) == 2 * 4 * 3 * (3 + 2 + 3)
+
+
+def test_overrides_realise_each_mode_and_the_latent():
+    cells = {
+        c.name: c
+        for c in ablation.plan(
+            "full",
+            datasets=["shapes3d", "sprites"],
+            latents=["vq", "scm"],
+            rhos=[1, 10],
+            ks=[5],
+            seeds=[3],
+            overrides=["train.stage2_steps=7"],
+        )
+    }
+    actions = resolved(cells["shapes3d-vq-actions-rho10-s3"])
+    assert actions.transitions.imbalance == 10.0 and actions.transitions.value_imbalance == 1.0
+    assert actions.seed == 3 and actions.model.latent == "vq" and actions.data.dataset == "shapes3d"
+    assert actions.train.stage2_steps == 7  # the user's --set comes last
+    values = resolved(cells["sprites-vq-values-rho10-s3"])
+    assert values.transitions.value_imbalance == 10.0 and values.transitions.imbalance == 1.0
+    held = resolved(cells["shapes3d-vq-held_out-k5-s3"])
+    assert held.transitions.rare_action == "object_hue+" and held.transitions.rare_examples == 5
+    assert held.transitions.imbalance == 1.0
+    # scm gets one concept per label of the source: 6 for shapes3d, 5 for sprites
+    assert resolved(cells["shapes3d-scm-actions-rho1-s3"]).model.scm.concepts == 6
+    assert resolved(cells["sprites-scm-held_out-k5-s3"]).model.scm.concepts == 5
+    assert resolved(cells["sprites-scm-held_out-k5-s3"]).transitions.rare_action == "scale+"
+    assert not any("scm" in o for o in cells["sprites-vq-actions-rho10-s3"].overrides)
+    # size "full" keeps each dataset's own model and steps
+    default = load_config(ablation.CONFIG_DIR / "shapes3d.toml")
+    assert actions.train.stage1_steps == default.train.stage1_steps
+    custom = ablation.plan(
+        "smoke", modes=["held_out"], ks=[2], held_out_actions={"shapes3d": "scale-"}
+    )
+    assert resolved(custom[0]).transitions.rare_action == "scale-"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": "huge"}, "unknown size 'huge'"),
+        ({"latents": ["vq", "vae"]}, "unknown latent 'vae'"),
+        ({"datasets": ["mnist"]}, "unknown dataset 'mnist'"),
+        ({"modes": ["labels"]}, "unknown mode 'labels'"),
+        ({"rhos": [0.5]}, "rho must be a finite number >= 1"),
+        ({"modes": ["held_out"], "ks": [0]}, "k .* must be >= 1"),
+        ({"modes": ["held_out"], "held_out_actions": {"shapes3d": "hue+"}}, "no action 'hue\\+'"),
+        ({"seeds": []}, "no seed"),
+        ({"overrides": ["model.latent='scm'"]}, "set per cell by the sweep; use --latents"),
+        ({"overrides": ["transitions.imbalance=5"]}, "use --modes actions --rhos"),
+    ],
+)
+def test_bad_grids_are_one_line_errors(kwargs, message):
+    with pytest.raises(AblationError, match=message):
+        ablation.plan(**kwargs)
+
+
+# ---- skipping and resuming (no training: the runner is mocked) ----------------------------------
+def fake_checkpoint(run_dir: Path, step: int, finished: bool) -> None:
+    folder = run_dir / "checkpoints" / f"step-{step:07d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "step": step,
+        "finished": finished,
+        "model_args": {"image_shape": [3, 16, 16]},
+        "saved_at": f"2026-01-01 00:00:{step % 60:02d}",
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+    (run_dir / "checkpoints" / "latest").write_text(folder.name)
+
+
+def fake_metrics(
+    run_dir: Path,
+    names: list[str],
+    per_action: dict[str, float],
+    balanced: float,
+    classifier: float = 0.5,
+    psnr: float = 20.0,
+    test_pairs: int = 10,
+) -> None:
+    confusion = [
+        [test_pairs if i == j else 0 for j in range(len(names))] for i in range(len(names))
+    ]
+    report = {
+        "accuracy": balanced,
+        "balanced_accuracy": balanced,
+        "worst_action_accuracy": min(per_action.values()),
+        "undirected_accuracy": 1.0,
+        "top_k": {"1": balanced, "3": 1.0},
+        "per_action": per_action,
+        "confusion": confusion,
+    }
+    metrics = {
+        "retrieval": {
+            "synthesis": report,
+            "classifier": {**report, "balanced_accuracy": classifier},
+        },
+        "reconstruction": {"mse": 0.01, "psnr": 30.0},
+        "counterfactual": {"psnr": psnr, "ssim": 0.9, "atomicity": 0.25, "oracle_accuracy": 1.0},
+    }
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval" / "metrics.json").write_text(json.dumps(metrics))
+
+
+class FakeRunner:
+    """Plays train.py and vqcausal evaluate by writing the files they would write."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[tuple[list[str], dict[str, str]]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, argv: list[str], env: dict[str, str], log: Path) -> int:
+        self.calls.append((argv, env))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if self.fail_on and any(self.fail_on in a for a in argv):
+            log.write_text("Traceback...\nerror: something broke\n")
+            return 2
+        if "evaluate" in argv:
+            run_dir = Path(argv[argv.index("evaluate") + 1])
+            fake_metrics(run_dir, ["a", "b"], {"a": 1.0, "b": 0.5}, 0.75)
+            (run_dir / "eval" / "oracle-toy.json").write_text("{}")
+        elif "--resume" in argv:
+            fake_checkpoint(Path(argv[argv.index("--resume") + 1]), 20, finished=True)
+        else:
+            sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+            runs = json.loads(next(s for s in sets if s.startswith("runs=")).split("=", 1)[1])
+            fake_checkpoint(Path(runs) / "run-20260101-000000", 20, finished=True)
+        return 0
+
+    def commands(self, cell: Cell) -> list[str]:
+        """What was run for a cell: train | resume | evaluate, in order."""
+        out = []
+        for argv, _ in self.calls:
+            text = " ".join(argv)
+            if cell.name not in text:
+                continue
+            out.append(
+                "evaluate" if "evaluate" in argv else "resume" if "--resume" in argv else "train"
+            )
+        return out
+
+
+@pytest.fixture
+def toy_cells() -> list[Cell]:
+    return ablation.plan("smoke", datasets=["toy"], latents=["vq", "gaussian"], rhos=[1, 10])
+
+
+def test_finished_cells_are_skipped_and_unfinished_ones_resumed(tmp_path, toy_cells):
+    done, resume, evaluate_only, new = toy_cells
+    fake_checkpoint(tmp_path / done.name / "run-1", 20, finished=True)
+    fake_metrics(tmp_path / done.name / "run-1", ["a"], {"a": 1.0}, 1.0)
+    fake_checkpoint(tmp_path / resume.name / "run-1", 10, finished=False)
+    fake_checkpoint(tmp_path / evaluate_only.name / "run-1", 20, finished=True)
+    (tmp_path / new.name / "run-killed").mkdir(parents=True)  # killed before a checkpoint
+    (tmp_path / new.name / "run-killed" / "config.toml").write_text("")
+    (tmp_path / ".oracle").mkdir()
+    (tmp_path / ".oracle" / "oracle-toy.safetensors").write_bytes(b"weights")
+    runner = FakeRunner()
+    options = SweepOptions(jobs=2, gpus=["3", "5"], evaluate_args=("--fast",))
+    outcomes = ablation.run_sweep(toy_cells, tmp_path, options, runner=runner, echo=lambda _: None)
+
+    assert [o.status for o in outcomes] == ["skipped", "done", "done", "done"]
+    assert [o.message for o in outcomes[1:]] == [
+        "resumed and evaluated",
+        "evaluated (training had finished)",
+        "trained and evaluated",
+    ]
+    assert runner.commands(done) == []
+    assert runner.commands(resume) == ["resume", "evaluate"]
+    assert runner.commands(evaluate_only) == ["evaluate"]
+    assert runner.commands(new) == ["train", "evaluate"]
+    assert not (tmp_path / new.name / "run-killed").exists()
+    resume_argv = next(a for a, _ in runner.calls if "--resume" in a)
+    assert resume_argv[-1] == str(tmp_path / resume.name / "run-1")
+    train_argv = next(a for a, _ in runner.calls if "--config" in a)
+    assert train_argv[train_argv.index("--config") + 1].endswith("configs/smoke.toml")
+    assert "transitions.imbalance=10.0" in train_argv and "--set" in train_argv
+    evaluate_argv = next(a for a, _ in runner.calls if "evaluate" in a)
+    evaluated = Path(evaluate_argv[evaluate_argv.index("evaluate") + 1])
+    assert evaluate_argv[evaluate_argv.index("--out") + 1] == str(evaluated / "eval")
+    assert evaluate_argv[-1] == "--fast"
+    # jobs get their share of the cores and their own GPU, round-robin
+    threads = str(max(1, ablation.usable_cores() // 2))
+    assert {env["OMP_NUM_THREADS"] for _, env in runner.calls} == {threads}
+    assert {env["CUDA_VISIBLE_DEVICES"] for _, env in runner.calls} <= {"3", "5"}
+    # the shared oracle reached every evaluated run, and the cache kept what they made
+    for cell in (resume, evaluate_only, new):
+        run_dir = ablation.evaluated_run(tmp_path / cell.name)
+        assert (run_dir / "eval" / "oracle-toy.safetensors").read_bytes() == b"weights"
+    assert (tmp_path / ".oracle" / "oracle-toy.json").exists()
+    assert json.loads((tmp_path / new.name / "cell.json").read_text())["name"] == new.name
+
+    # a second sweep finds everything done and runs nothing
+    again = FakeRunner()
+    outcomes = ablation.run_sweep(toy_cells, tmp_path, options, runner=again, echo=lambda _: None)
+    assert [o.status for o in outcomes] == ["skipped"] * 4 and again.calls == []
+    assert not (tmp_path / ablation.LOCK_FILE).exists()
+
+
+def test_failed_cells_are_reported_and_the_others_still_run(tmp_path, toy_cells):
+    runner = FakeRunner(fail_on="rho10")
+    lines: list[str] = []
+    outcomes = ablation.run_sweep(
+        toy_cells, tmp_path, SweepOptions(), runner=runner, echo=lines.append
+    )
+    assert [o.status for o in outcomes] == ["done", "done", "failed", "failed"]
+    assert "training failed (exit 2): error: something broke" in outcomes[2].message
+    assert "train.log" in outcomes[2].message
+    summary = ablation.failure_summary(outcomes)
+    assert summary.startswith("2 of 4 cells failed; first: toy-vq-actions-rho10-s0")
+    assert len(lines) == 4 and any("FAILED" in line for line in lines)
+
+
+def test_a_folder_of_other_settings_or_a_live_sweep_is_refused(tmp_path, toy_cells):
+    cell = toy_cells[0]
+    ablation.write_cell_file(cell, tmp_path / cell.name)
+    other = ablation.plan(
+        "smoke", datasets=["toy"], latents=["vq"], rhos=[1], overrides=["train.stage1_steps=5"]
+    )[0]
+    assert other.name == cell.name
+    with pytest.raises(AblationError, match="other settings \\(overrides differ\\)"):
+        ablation.run_sweep([other], tmp_path, runner=FakeRunner(), echo=lambda _: None)
+    (tmp_path / ablation.LOCK_FILE).write_text(f"{os.getppid()}\n")
+    with pytest.raises(AblationError, match="another sweep"):
+        ablation.run_sweep([cell], tmp_path, runner=FakeRunner(), echo=lambda _: None)
+
+
+# ---- aggregation on fabricated results ----------------------------------------------------------
+TOY_ACTIONS = ["position+", "position-", "hue+", "hue-"]
+
+
+def fabricate(
+    sweep: Path, cell: Cell, per_action: dict[str, float], balanced: float, **kwargs
+) -> None:
+    ablation.write_cell_file(cell, sweep / cell.name)
+    run_dir = sweep / cell.name / "run-1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(config_toml(resolved(cell)))
+    fake_metrics(run_dir, TOY_ACTIONS, per_action, balanced, **kwargs)
+
+
+def test_aggregation_means_stds_rarest_action_and_files(tmp_path):
+    cells = ablation.plan(
+        "smoke",
+        datasets=["toy"],
+        latents=["vq", "gaussian"],
+        modes=["actions", "held_out"],
+        rhos=[1, 10],
+        ks=[2],
+        seeds=[0, 1, 2],
+    )
+    by_name = {c.name: c for c in cells}
+    balanced = {0: 0.8, 1: 0.9, 2: 1.0}
+    for seed in range(3):
+        for latent in ("vq", "gaussian"):
+            for level in ("rho1", "rho10"):
+                per_action = {"position+": 1.0, "position-": 0.9, "hue+": 0.8, "hue-": 0.1 * seed}
+                fabricate(
+                    tmp_path,
+                    by_name[f"toy-{latent}-actions-{level}-s{seed}"],
+                    per_action,
+                    balanced[seed] if latent == "vq" else 0.5,
+                    psnr=20.0 + seed,
+                    test_pairs=3 + seed,
+                )
+            held = {"position+": 1.0, "position-": 1.0, "hue+": 0.25, "hue-": 1.0}
+            fabricate(tmp_path, by_name[f"toy-{latent}-held_out-k2-s{seed}"], held, 0.7)
+    (tmp_path / "unfinished" / "run-1").mkdir(parents=True)  # no cell.json: not a cell
+
+    rows = ablation.collect(tmp_path)
+    assert len(rows) == 18
+    vq10 = [r for r in rows if r.cell.startswith("toy-vq-actions-rho10")]
+    assert {r.rarest_action for r in vq10} == {"hue-"}  # the last action is the rarest
+    assert sorted(r.rarest_accuracy for r in vq10) == pytest.approx([0.0, 0.1, 0.2])
+    assert sorted(r.rarest_test_pairs for r in vq10) == [3, 4, 5]
+    freqs = vq10[0].frequencies
+    assert freqs["position+"] / freqs["hue-"] == pytest.approx(10.0)
+    assert vq10[0].rarest_frequency == pytest.approx(min(freqs.values()))
+    uniform = next(r for r in rows if r.cell == "toy-vq-actions-rho1-s0")
+    assert uniform.rarest_action == "hue-"  # a tie: the action that imbalance makes rarest
+    held = next(r for r in rows if r.cell == "toy-vq-held_out-k2-s0")
+    assert held.rarest_action == "hue+" and held.rarest_accuracy == 0.25
+
+    summaries = {(s.latent, s.mode, s.rho_or_k): s for s in ablation.summarise(rows)}
+    s = summaries[("vq", "actions", 10.0)]
+    assert s.seeds == 3
+    assert s.mean["balanced_accuracy"] == pytest.approx(0.9)
+    assert s.std["balanced_accuracy"] == pytest.approx(0.1)
+    assert s.mean["counterfactual_psnr"] == pytest.approx(21.0)
+    assert s.std["classifier_balanced_accuracy"] == pytest.approx(0.0)
+    assert summaries[("gaussian", "actions", 10.0)].mean["balanced_accuracy"] == pytest.approx(0.5)
+
+    table = ablation.markdown_table(rows)
+    lines = table.splitlines()
+    assert len(lines) == 2 + 6
+    line = next(x for x in lines if x.startswith("| toy | vq | actions | rho=10 |"))
+    assert "| 3 | hue- (4) | 0.900 ± 0.100 | 0.100 ± 0.100 |" in line
+    assert "21.0 ± 1.0" in line
+    assert lines.index(line) > lines.index(
+        next(x for x in lines if "| vq | actions | rho=1 |" in x)
+    )
+
+    files = ablation.write_results(tmp_path)
+    assert (tmp_path / "results.md").read_text() == table
+    with open(files["csv"]) as f:
+        records = list(csv.DictReader(f))
+    assert len(records) == 18 and float(records[0]["balanced_accuracy"]) > 0
+    with open(files["per_action_csv"]) as f:
+        assert len(list(csv.DictReader(f))) == 18 * 4
+    names = sorted(p.name for p in files["figures"])
+    assert names == [
+        "accuracy_vs_rho-toy-actions.png",
+        "held_out_vs_k-toy.png",
+        "per_action_vs_frequency-toy.png",
+        "rarest_vs_rho-toy.png",
+    ]
+    assert all(p.stat().st_size > 1000 for p in files["figures"])
+
+
+def test_rarest_action_follows_action_order(tmp_path):
+    cell = ablation.plan(
+        "smoke",
+        datasets=["toy"],
+        latents=["vq"],
+        rhos=[10],
+        overrides=["transitions.action_order=[3, 2, 1, 0]"],
+    )[0]
+    fabricate(tmp_path, cell, {"position+": 0.3, "position-": 1.0, "hue+": 1.0, "hue-": 1.0}, 0.8)
+    (row,) = ablation.collect(tmp_path)
+    assert row.rarest_action == "position+" and row.rarest_accuracy == 0.3
+
+
+def load_task(name: str):
+    """A task script as a module (tasks/ is a folder of scripts, not a package)."""
+    path = Path(__file__).resolve().parent.parent / "tasks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"task_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_task_cli_bad_input_is_one_error_line(capsys):
+    main = load_task("imbalance_ablation").main
+    assert main(["--size", "big"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown size 'big'; choose from smoke, full"
+    assert main(["--jobs", "two"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: argument --jobs")
+
+
+# ---- one real tiny cell, end to end -------------------------------------------------------------
+def _has_evaluate() -> bool:
+    from vqcausal.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return "evaluate" in commands.choices
+
+
+def test_one_tiny_cell_end_to_end(tmp_path):
+    if not _has_evaluate():
+        pytest.skip("`vqcausal evaluate` is not there yet")
+    cells = ablation.plan("smoke", datasets=["toy"], latents=["vq"], rhos=[10], overrides=TOY_TINY)
+    options = SweepOptions(jobs=1, threads=1, evaluate_args=("--fast", "--pairs", "256"))
+    outcomes = ablation.run_sweep(cells, tmp_path, options, echo=lambda _: None)
+    assert [o.status for o in outcomes] == ["done"], outcomes[0].message
+    run_dir = outcomes[0].run_dir
+    assert run_dir.parent == tmp_path / "toy-vq-actions-rho10-s0"
+    config = load_config(run_dir / "config.toml")
+    assert config.transitions.imbalance == 10.0 and config.train.stage1_steps == 40
+
+    (row,) = ablation.collect(tmp_path)
+    assert row.cell == "toy-vq-actions-rho10-s0" and row.rarest_action == "hue-"
+    for value in (row.balanced_accuracy, row.classifier_balanced_accuracy, row.atomicity):
+        assert 0.0 <= value <= 1.0
+    assert row.counterfactual_psnr > 5 and row.rarest_test_pairs > 0
+    files = ablation.write_results(tmp_path)
+    assert "| toy | vq | actions | rho=10 | 1 | hue- (" in files["table"]
+
+    again = ablation.run_sweep(cells, tmp_path, options, echo=lambda _: None)
+    assert [o.status for o in again] == ["skipped"]
+
+
+def test_vqcausal_ablate_is_the_task(capsys, tmp_path):
+    from vqcausal.cli import main as cli
+
+    out = tmp_path / "sweep"
+    assert cli(["ablate", "--size", "smoke", "--dry-run", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "shapes3d" in printed and "vq" in printed
+    assert cli(["ablate", "--size", "enormous"]) == 2
