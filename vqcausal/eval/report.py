@@ -10,12 +10,12 @@ import base64
 import html
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 from vqcausal.errors import VQCausalError
 from vqcausal.eval import plots
+from vqcausal.train.checkpoint import write_text_atomic
 
 #: lists longer than this (or nested, like confusion matrices) stay out of the table
 MAX_LIST_IN_TABLE = 8
@@ -188,10 +188,5 @@ def build_report(run_dir: Path, eval_dir: Path | None = None, out: Path | None =
     run_name = str(metrics.get("run") or run_dir.resolve().name)
     page = _page(run_name, metrics, _figures(run_dir, eval_dir, out))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(out, page)
     return out

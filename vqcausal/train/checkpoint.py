@@ -62,8 +62,9 @@ def new_run_dir(config: Config) -> Path:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text under a temporary name and rename: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
