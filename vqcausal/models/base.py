@@ -115,6 +115,10 @@ class CausalImageModel(nn.Module, ABC):
     def after_step(self, step: int) -> None:
         """Called after every stage-1 optimizer step (schedules that live in the model)."""
 
+    def before_stage2(self, cache: dict[str, torch.Tensor]) -> None:
+        """Called once stage 2's latent cache (``latents``, ``actions``, ``latents_next``)
+        is ready, before its first step: calibrations that read encoded training pairs."""
+
     def latent_stats(self, latents: torch.Tensor) -> dict[str, float]:
         """Statistics of a batch of latents worth logging (e.g. code usage)."""
         return {}

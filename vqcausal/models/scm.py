@@ -209,7 +209,8 @@ class SCMLatent(ContinuousLatent):
         for a, (t, step) in enumerate(zip(action_targets, action_steps, strict=True)):
             if t >= 0:
                 shift[a, t] = step
-        self.register_buffer("action_shift", shift, persistent=False)
+        # measured on labels at build time; stage 2 recalibrates it on encoded latent pairs
+        self.register_buffer("action_shift", shift)
         # Interventions tell edges out of an acted-on concept apart; with none on a concept,
         # its out-edges have no interventional evidence (module docstring, "Orientation").
         allowed = 1.0 - torch.eye(cfg.concepts)
@@ -510,6 +511,18 @@ class SCMLatent(ContinuousLatent):
         step = self.action_shift[actions, concept].to(z.dtype)
         value = self._blocks(z)[rows, concept] + step[:, None]
         return self.do(z, concept, value)
+
+    @torch.no_grad()
+    def calibrate_steps(self, z: Tensor, actions: Tensor, z_next: Tensor) -> None:
+        """Set each action's step to the median change of its concept's block mean between
+        encoded pairs (B, n*k): the label-scale step is one grid step only to the extent that
+        blocks follow their prior mean, and the decoder reads the latent scale."""
+        change = reduce(self._blocks(z_next.float() - z.float()), "b n k -> b n", "mean")
+        for a in range(self.num_actions):
+            target = int(self.action_targets[a])
+            rows = actions == a
+            if target >= 0 and bool(rows.any()):
+                self.action_shift[a, target] = change[rows, target].median()
 
     def retrieval_scores(self, eps: Tensor, eps_next: Tensor) -> Tensor:
         """Scores (B, A): minus the squared distance between the exogenous change and each

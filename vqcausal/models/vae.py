@@ -125,6 +125,13 @@ class ContinuousVAE(CausalImageModel):
             return self.latent.retrieval_scores(eps, eps_next)
         return shift_scores(self.shift, latents, latents_next)
 
+    def before_stage2(self, cache: dict[str, torch.Tensor]) -> None:
+        """``scm``: action steps measured on the encoded training pairs (latent scale)."""
+        if self.args.model.latent == "scm":
+            device = self.latent.action_shift.device
+            pairs = (cache[k].to(device) for k in ("latents", "actions", "latents_next"))
+            self.latent.calibrate_steps(*pairs)
+
     def after_step(self, step: int) -> None:
         """CausalVAE's augmented Lagrangian: tighten the acyclicity constraint every 100 steps."""
         if self.args.model.latent == "scm" and step % 100 == 99:

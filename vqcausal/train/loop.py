@@ -233,6 +233,7 @@ class Trainer:
         for module in model.stage1_modules():
             module.requires_grad_(False)
         cache = self.latent_cache()
+        model.before_stage2(cache)
         objective = model.stage2_objective()
         optimizer = torch.optim.AdamW(objective.parameters(), lr=self.train.stage2_lr)
         self.restore_state(optimizer, 2)
