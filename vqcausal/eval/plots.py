@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -110,15 +111,18 @@ def confusion_png(
     return _save(fig, path)
 
 
-def _flat_numbers(record: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
+def leaves(record: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(``dotted.key``, value) for every non-dict value of a nested dict, depth first."""
     for key, value in record.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flat_numbers(value, f"{name}."))
-        elif (number := _number(value)) is not None:
-            out[name] = number
-    return out
+            yield from leaves(value, f"{name}.")
+        else:
+            yield name, value
+
+
+def _flat_numbers(record: dict) -> dict[str, float]:
+    return {k: n for k, v in leaves(record) if (n := _number(v)) is not None}
 
 
 def _read_records(metrics_jsonl: Path) -> Iterable[dict]:

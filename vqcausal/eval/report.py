@@ -65,20 +65,14 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, str]:
+def flatten_metrics(metrics: dict) -> dict[str, str]:
     """Nested metrics as ``dotted.key -> formatted value``; long or nested lists are left out."""
     rows: dict[str, str] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            rows.update(flatten_metrics(value, f"{name}."))
-        elif isinstance(value, list):
-            if len(value) <= MAX_LIST_IN_TABLE and not any(
-                isinstance(v, list | dict) for v in value
-            ):
-                rows[name] = ", ".join(format_value(v) for v in value)
-        else:
+    for name, value in plots.leaves(metrics):
+        if not isinstance(value, list):
             rows[name] = format_value(value)
+        elif len(value) <= MAX_LIST_IN_TABLE and not any(isinstance(v, list | dict) for v in value):
+            rows[name] = ", ".join(format_value(v) for v in value)
     return rows
 
 
