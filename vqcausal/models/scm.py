@@ -479,8 +479,8 @@ class SCMLatent(ContinuousLatent):
         (exact for a DAG, an approximation of the cyclic equilibrium otherwise).
         """
         b, n = z.shape[0], self.concepts
-        adjacency = self.pruned_adjacency().to(z.dtype)
-        graph = self.learned_graph()
+        graph = self.learned_graph()  # edge strengths: measured once per call
+        adjacency = (self.adjacency() * graph.to(self.weights.dtype)).to(z.dtype)
         noise = self._blocks(self.abduct(z, adjacency))
         concept = torch.as_tensor(concept, device=z.device).long().expand(b)
         value = value.to(z.dtype)

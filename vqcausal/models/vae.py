@@ -121,7 +121,9 @@ class ContinuousVAE(CausalImageModel):
     def synthesis_scores(self, latents: torch.Tensor, latents_next: torch.Tensor) -> torch.Tensor:
         """Nearest shifted latent; for ``scm`` the concept whose exogenous noise moved most."""
         if self.args.model.latent == "scm":
-            eps, eps_next = self.latent.abduct(latents), self.latent.abduct(latents_next)
+            adjacency = self.latent.pruned_adjacency()  # one edge-strength pass for both
+            eps = self.latent.abduct(latents, adjacency)
+            eps_next = self.latent.abduct(latents_next, adjacency)
             return self.latent.retrieval_scores(eps, eps_next)
         return shift_scores(self.shift, latents, latents_next)
 
