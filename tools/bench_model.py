@@ -19,26 +19,22 @@ quantizer stays in fp32), and ``retrieve_codes_compiled`` uses torch.compile as 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
 from collections.abc import Callable
 
 import torch
 
-from vqcausal.benchmarking import median_rate, write_report
+from vqcausal.benchmarking import (
+    SETTINGS,
+    console,
+    measure,
+    median_rate,
+    peak_memory_mb,
+    rates_table,
+    setting_config,
+    spread,
+    write_report,
+)
 
-SETTINGS = {
-    "official": [
-        "model.autoencoder.widths=[64, 128, 256]",
-        "model.autoencoder.residual_layers=2",
-        "model.autoencoder.embed_dim=128",
-        "model.quantizer.codebook_size=64",
-        "model.quantizer.codebooks=1",
-    ],
-    "default": [],  # configs/shapes3d.toml as it is
-}
 BENCHES = {
     "stage1_train": ("images/s", "VQ-VAE step (encode, quantize, decode, backward)"),
     "stage2_train": ("samples/s", "transition + classifier step on cached codes"),
@@ -56,13 +52,22 @@ TARGETS = {
 
 
 def worker(
-    bench: str, setting: str, batch: int, repeats: int, device: str = "cpu", precision: str = "fp32"
+    bench: str,
+    setting: str,
+    batch: int,
+    repeats: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+    threads: int | None = None,
+    compile_backend: str = "inductor",
 ) -> dict:
     """One measurement in this process; returns its rate and the process's peak memory."""
-    from vqcausal.config import load_config
     from vqcausal.models.base import ModelArgs, build_model
 
-    config = load_config("configs/shapes3d.toml", SETTINGS[setting])
+    if threads:
+        torch.set_num_threads(threads)
+
+    config = setting_config(setting)
     actions = [f"a{i}" for i in range(12)]
     torch.manual_seed(0)
     model = build_model(ModelArgs([3, 64, 64], actions, config.model)).to(device)
@@ -107,7 +112,7 @@ def worker(
         fn = train_step(model.stage2_objective(), pairs, batch)
     elif bench == "retrieve_codes_compiled":
         model.eval()
-        score = torch.compile(model.transition.score_actions)
+        score = torch.compile(model.transition.score_actions, backend=compile_backend)
 
         def fn() -> int:
             with torch.no_grad(), autocast:
@@ -125,12 +130,42 @@ def worker(
             with autocast:
                 return fns[bench]()
 
-    rate, _ = median_rate(synced(fn), repeats)
-    if device == "cpu":
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    else:
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    return {"rate": rate, "peak_mb": peak_mb, "variables": n, "threads": torch.get_num_threads()}
+    rate, runs = median_rate(synced(fn), repeats)
+    return {
+        "rate": rate,
+        "runs": runs,
+        **spread(runs),
+        "peak_mb": peak_memory_mb(device),
+        "variables": n,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run(
+    settings: list[str],
+    benches: list[str],
+    batch: int,
+    repeats: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+    isolate: bool = True,
+    threads: int | None = None,
+    compile_backend: str = "inductor",
+) -> list[dict]:
+    """Every bench at every setting, each in a fresh process (``isolate``) for its peak memory.
+
+    ``threads`` (default: torch's, one per core) caps intra-op threads; ``compile_backend``
+    "aot_eager" traces without generating code (a cold inductor compile takes ~30 s on CPU).
+    """
+    calls = [
+        {"bench": bench, "setting": setting, "batch": batch, "repeats": repeats}
+        | {"device": device, "precision": precision, "threads": threads}
+        | {"compile_backend": compile_backend}
+        for setting in settings
+        for bench in benches
+    ]
+    units = {name: unit for name, (unit, _) in BENCHES.items()}
+    return measure(__file__, calls, units, TARGETS, device == "cpu", isolate)
 
 
 def main() -> None:
@@ -142,49 +177,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--out", default="bench_results/bench_model.json")
-    parser.add_argument("--worker", nargs=2, metavar=("BENCH", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        result = worker(*args.worker, args.batch, args.repeats, args.device, args.precision)
-        print(json.dumps(result))
-        return
 
-    from rich.console import Console
-    from rich.table import Table
-
-    rows = []
-    for setting in args.settings:
-        for bench in args.benches:
-            cmd = [sys.executable, __file__, "--worker", bench, setting]
-            cmd += ["--batch", str(args.batch), "--repeats", str(args.repeats)]
-            cmd += ["--device", args.device, "--precision", args.precision]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append({"setting": setting, "bench": bench, "unit": BENCHES[bench][0], **result})
-
-    table = Table(
-        "setting",
-        "measurement",
-        "rate",
-        "unit",
-        "target",
-        "peak MB",
-        title=f"model benchmarks: {args.device} {args.precision}, batch {args.batch}, "
-        f"median of {args.repeats}",
+    rows = run(args.settings, args.benches, args.batch, args.repeats, args.device, args.precision)
+    title = (
+        f"model benchmarks: {args.device} {args.precision}, batch {args.batch}, "
+        f"median of {args.repeats}"
     )
-    for r in rows:
-        cpu_official = r["setting"] == "official" and args.device == "cpu"
-        target = TARGETS.get(r["bench"]) if cpu_official else None
-        ok = "" if target is None else (" ok" if r["rate"] >= target else " MISSED")
-        table.add_row(
-            r["setting"],
-            r["bench"],
-            f"{r['rate']:,.1f}",
-            r["unit"],
-            "" if target is None else f">= {target}{ok}",
-            f"{r['peak_mb']:,.0f}",
-        )
-    Console().print(table)
+    console().print(rates_table(rows, title))
     settings = {"batch": args.batch, "repeats": args.repeats, "device": args.device}
     settings["precision"] = args.precision
     settings["descriptions"] = {k: v[1] for k, v in BENCHES.items()}

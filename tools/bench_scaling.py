@@ -17,26 +17,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vqcausal.benchmarking import median_rate, write_report
-from vqcausal.config import load_config
+from vqcausal.benchmarking import median_rate, setting_config, spread, write_report
 from vqcausal.models.base import ModelArgs, build_model
 
-OFFICIAL = [
-    "model.autoencoder.widths=[64, 128, 256]",
-    "model.autoencoder.residual_layers=2",
-    "model.autoencoder.embed_dim=128",
-    "model.quantizer.codebook_size=64",
-    "model.quantizer.codebooks=1",
-]
 ACTIONS = (4, 8, 12, 20, 40)
 IMAGE_SIZES = (32, 64, 128)  # -> N = 16, 64, 256 variables with three stride-2 stages
 
 
 def retrieval_rate(
     size: int, num_actions: int, batch: int, repeats: int, device: str
-) -> tuple[float, int]:
-    """Median pairs/s of retrieval from random codes, and the number of variables N."""
-    config = load_config("configs/shapes3d.toml", OFFICIAL)
+) -> tuple[float, list[float], int]:
+    """Median pairs/s of retrieval from random codes, its timed runs and the number N."""
+    config = setting_config("official")
     torch.manual_seed(0)
     names = [f"a{i}" for i in range(num_actions)]
     model = build_model(ModelArgs([3, size, size], names, config.model)).to(device).eval()
@@ -49,8 +41,44 @@ def retrieval_rate(
             torch.cuda.synchronize()
         return out.shape[0]
 
-    rate, _ = median_rate(fn, repeats)
-    return rate, n
+    rate, runs = median_rate(fn, repeats)
+    return rate, runs, n
+
+
+def run(
+    device: str,
+    batch: int,
+    repeats: int,
+    actions: tuple[int, ...] = ACTIONS,
+    image_sizes: tuple[int, ...] = IMAGE_SIZES,
+) -> list[dict]:
+    """The scaling curve: every A at 64x64 (N = 64), every image size (N) at A = 12."""
+    grid = [(64, a) for a in actions] + [(s, 12) for s in image_sizes if s != 64]
+    rows = []
+    for size, num_actions in grid:
+        rate, runs, n = retrieval_rate(size, num_actions, batch, repeats, device)
+        row = {"image": size, "variables": n, "actions": num_actions, "pairs_per_s": rate}
+        row["slots_per_s"] = rate * num_actions  # flat in A when the cost is linear in A
+        row["variable_slots_per_s"] = rate * num_actions * n  # flat in N when linear in N
+        rows.append(row | {"runs": runs, **spread(runs)})
+    rows.sort(key=lambda r: (r["variables"], r["actions"]))
+    return rows
+
+
+def scaling_table(rows: list[dict], title: str) -> Table:
+    """Pairs/s and the per-slot rates that stay flat when the cost is linear in A and N."""
+    columns = ("N variables", "A actions", "pairs/s", "min - max", "pairs*A/s", "pairs*A*N/s")
+    table = Table(*columns, title=title)
+    for r in rows:
+        table.add_row(
+            str(r["variables"]),
+            str(r["actions"]),
+            f"{r['pairs_per_s']:,.1f}",
+            f"{r['min']:,.1f} - {r['max']:,.1f}",
+            f"{r['slots_per_s']:,.0f}",
+            f"{r['variable_slots_per_s']:,.0f}",
+        )
+    return table
 
 
 def main() -> None:
@@ -61,32 +89,9 @@ def main() -> None:
     parser.add_argument("--out", default="bench_results/bench_scaling.json")
     args = parser.parse_args()
 
-    grid = [(64, a) for a in ACTIONS] + [(s, 12) for s in IMAGE_SIZES if s != 64]
-    rows = []
-    for size, actions in grid:
-        rate, n = retrieval_rate(size, actions, args.batch, args.repeats, args.device)
-        rows.append({"image": size, "variables": n, "actions": actions, "pairs_per_s": rate})
-        rows[-1]["slots_per_s"] = rate * actions  # flat in A when the cost is linear in A
-        rows[-1]["variable_slots_per_s"] = rate * actions * n  # flat in N when linear in N
-    rows.sort(key=lambda r: (r["variables"], r["actions"]))
-
-    table = Table(
-        "N variables",
-        "A actions",
-        "pairs/s",
-        "pairs*A/s",
-        "pairs*A*N/s",
-        title=f"retrieval scaling: {args.device}, batch {args.batch}, median of {args.repeats}",
-    )
-    for r in rows:
-        table.add_row(
-            str(r["variables"]),
-            str(r["actions"]),
-            f"{r['pairs_per_s']:,.1f}",
-            f"{r['slots_per_s']:,.0f}",
-            f"{r['variable_slots_per_s']:,.0f}",
-        )
-    Console().print(table)
+    rows = run(args.device, args.batch, args.repeats)
+    title = f"retrieval scaling: {args.device}, batch {args.batch}, median of {args.repeats}"
+    Console().print(scaling_table(rows, title))
     settings = {"batch": args.batch, "repeats": args.repeats, "device": args.device}
     write_report(args.out, "scaling", settings, rows)
 
