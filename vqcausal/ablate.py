@@ -4,24 +4,17 @@ tabulate. See that task's docstring for the modes, runtimes and figures."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from vqcausal import ablation
-from vqcausal.cli import add_set_arg
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments are one ``error:`` line and exit status 2, like the rest of vqcausal."""
-
-    def error(self, message: str):  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+from vqcausal.cli import OneLineParser, add_set_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="imbalance_ablation.py", description=__doc__.split("\n\n")[0].strip())
+    parser = OneLineParser(
+        prog="imbalance_ablation.py", description=__doc__.split("\n\n")[0].strip()
+    )
     parser.add_argument("--size", default="smoke", help="smoke (CPU, minutes) | full (GPU)")
     parser.add_argument("--out", help="sweep folder (default: runs/imbalance_ablation-SIZE)")
     parser.add_argument("--jobs", type=int, help="cells at once (default 2)")
@@ -83,6 +76,8 @@ def sweep(args: argparse.Namespace) -> None:
         evaluate_args=spec.evaluate_args,
     )
     out = Path(args.out or f"runs/imbalance_ablation-{args.size}")
+    if out.exists() and not out.is_dir():
+        raise ablation.AblationError(f"{out} is a file; --out names the sweep folder")
     if args.dry_run:
         for cell in cells:
             state = ablation.cell_state(out / cell.name).state

@@ -407,6 +407,10 @@ def plan(
                                 held_out_actions.get(dataset),
                             )
                         )
+    from vqcausal.config import load_config
+
+    for cell in cells:  # an unknown key or wrong type fails here, not in every cell's training
+        load_config(cell.config_path, list(cell.overrides))
     return cells
 
 

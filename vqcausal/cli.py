@@ -17,6 +17,14 @@ from vqcausal.errors import VQCausalError
 EXIT_USER_ERROR = 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one ``error:`` line and exit status 2, like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
 def add_set_arg(parser: argparse.ArgumentParser, example: str = "transitions.imbalance=10") -> None:
     """Repeatable ``--set section.key=value`` config overrides (into ``args.overrides``)."""
     parser.add_argument(
@@ -56,9 +64,7 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from vqcausal import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="vqcausal", description="Causal representation learning on images."
-    )
+    parser = OneLineParser(prog="vqcausal", description="Causal representation learning on images.")
     parser.add_argument("--version", action="version", version=f"vqcausal {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

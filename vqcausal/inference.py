@@ -30,7 +30,10 @@ def pair_paths(a: str | Path, b: str | Path) -> list[tuple[Path, Path]]:
     """Two image files, or two folders whose images are paired by file name."""
     a, b = Path(a), Path(b)
     if a.is_dir() != b.is_dir():
-        raise VQCausalError("give two image files or two folders of images, not one of each")
+        folder, other = (a, b) if a.is_dir() else (b, a)
+        raise VQCausalError(
+            f"{folder} is a folder but {other} is not; give two image files or two folders"
+        )
     if not a.is_dir():
         return [(a, b)]
     files_a, files_b = image_files(a), image_files(b)

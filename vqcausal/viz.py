@@ -9,6 +9,8 @@ import torch
 from einops import rearrange, repeat
 from PIL import Image, ImageDraw, ImageFont
 
+from vqcausal.errors import VQCausalError
+
 
 def to_rgb_uint8(images: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) uint8 or float in [0, 1] -> (B, 3, H, W) uint8."""
@@ -75,6 +77,8 @@ def heatmap(matrix: torch.Tensor, cell: int = 6) -> Image.Image:
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Write a PNG atomically (temp file + rename) and return its path."""
     path = Path(path)
+    if path.is_dir():
+        raise VQCausalError(f"{path} is a folder; name a PNG file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     image.save(tmp, format="PNG")

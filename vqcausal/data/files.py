@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -482,10 +483,16 @@ class ImageFolderSource(IndexedSource):
             if not file.is_file():
                 raise DataError(f"{where}: image file not found: {file}")
             try:
-                with Image.open(file) as img:
-                    size = img.size
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(file) as img:
+                        size = img.size
             except UnidentifiedImageError:
                 raise DataError(f"{where}: {file} is not a readable image") from None
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise DataError(
+                    f"{where}: {file} is too large (decompression bomb guard)"
+                ) from None
             except (OSError, ValueError) as err:
                 raise DataError(f"{where}: cannot read image {file} ({err})") from None
             size = self._size or size

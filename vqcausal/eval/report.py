@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vqcausal.errors import VQCausalError
 from vqcausal.eval import plots
-from vqcausal.train.checkpoint import write_text_atomic
+from vqcausal.train.checkpoint import check_run_dir, write_text_atomic
 
 #: lists longer than this (or nested, like confusion matrices) stay out of the table
 MAX_LIST_IN_TABLE = 8
@@ -176,8 +176,12 @@ def build_report(run_dir: Path, eval_dir: Path | None = None, out: Path | None =
     run_dir = Path(run_dir)
     eval_dir = Path(eval_dir) if eval_dir is not None else run_dir / "eval"
     out = Path(out) if out is not None else eval_dir / "report.html"
-    if not run_dir.is_dir():
-        raise ReportError(f"run folder not found: {run_dir}")
+    check_run_dir(run_dir)
+    if out.is_dir():
+        raise ReportError(f"{out} is a folder; --out names the HTML file to write")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ReportError(f"cannot write {out}: {parent} is a file")
     metrics = _load_metrics(run_dir, eval_dir)
     run_name = str(metrics.get("run") or run_dir.resolve().name)
     page = _page(run_name, metrics, _figures(run_dir, eval_dir, out))

@@ -103,11 +103,18 @@ def _prune(folder: Path, keep: int, current: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """A missing run folder, or a file given as one, is a one-line CheckpointError."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is a file, not a run folder")
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder not found: {run_dir}")
+
+
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint:
     """The newest complete checkpoint of a run folder."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder not found: {run_dir}")
+    check_run_dir(run_dir)
     pointer = run_dir / "checkpoints" / LATEST
     try:
         name = pointer.read_text().strip()
@@ -128,10 +135,17 @@ def latest_checkpoint(run_dir: str | Path) -> Checkpoint:
 def model_args_from_meta(meta: dict) -> ModelArgs:
     raw = meta["model_args"]
     try:
+        shape, names = list(raw["image_shape"]), list(raw["action_names"])
+        if len(shape) != 3 or not all(type(v) is int and v > 0 for v in shape):
+            raise TypeError(f"image_shape {shape} is not three positive integers")
+        if not names or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"action_names {names} is not a list of names")
+        if not isinstance(raw["model"], dict):
+            raise TypeError("model is not a table")
         model = from_dict(ModelConfig, raw["model"], prefix="model.")
         return ModelArgs(
-            list(raw["image_shape"]),
-            list(raw["action_names"]),
+            shape,
+            names,
             model,
             raw.get("action_targets"),
             raw.get("action_steps"),
@@ -146,8 +160,11 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     try:
         missing, unexpected = load_model(model, str(file), strict=False)
     except (OSError, SafetensorError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{file}: cannot load weights ({first})") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        lines = lines or [type(err).__name__]
+        # torch heads its list with "Error(s) in loading state_dict for X:"; say the first one
+        detail = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{file}: cannot load weights ({detail})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{file}: weights do not match the model "
@@ -179,8 +196,10 @@ def load_train_state(ckpt: Checkpoint) -> dict | None:
 
 def config_from_meta(meta: dict) -> Config:
     try:
+        if not isinstance(meta["config"], dict):
+            raise TypeError("config is not a table")
         return from_dict(Config, meta["config"])
-    except (KeyError, ConfigError) as err:
+    except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"checkpoint config is unusable ({err})") from None
 
 

@@ -16,7 +16,7 @@ import sys
 
 import tomli_w
 
-from vqcausal.cli import add_config_args, config_from_args, run
+from vqcausal.cli import OneLineParser, add_config_args, config_from_args, run
 from vqcausal.config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from vqcausal.data.registry import load_source
 from vqcausal.data.source import ConceptScaler
@@ -34,7 +34,7 @@ STAGES = {"all": (1, 2), "1": (1,), "2": (2,)}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="train.py", description="Train a vqcausal model.")
+    parser = OneLineParser(prog="train.py", description="Train a vqcausal model.")
     add_config_args(parser)
     parser.add_argument("--stage", choices=list(STAGES), default="all", help="which stage(s)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
