@@ -7,6 +7,7 @@ Modes: ``actions`` (action frequencies 1 .. 1/rho), ``values`` (every factor's v
 is :mod:`vqcausal.ablation`.
 
     python tasks/imbalance_ablation.py --size smoke                  # 2-core CPU: ~14 min
+    python tasks/imbalance_ablation.py --size cpu                    # 2-core CPU: ~1 h
     python tasks/imbalance_ablation.py --size full                   # the study, on a GPU
     python tasks/imbalance_ablation.py --size full --modes actions --latents vq gaussian
     python tasks/imbalance_ablation.py --size full --gpus 0,1,2,3 --jobs 8   # 2 jobs per GPU
@@ -24,6 +25,16 @@ fewer cells (``--modes actions`` alone is 72 cells). On a 2-core CPU a full cell
 most of an hour: use a GPU. Each job gets cores / jobs torch threads; on a machine that
 other work keeps busy, ``--threads 1`` is safer (a toy cell once ran 6x slower with two
 threads than with one while other processes loaded both cores).
+
+``cpu`` is the largest grid a 2-core CPU finishes in about an hour: the claim's own cells
+(shapes3d, rho = 100, ``vq`` against ``gaussian`` and ``ladder``, one seed) with the default
+model at half its steps (3000 + 1500), three cells side by side with one thread each.
+
+Stage 2 of every cell samples its cached pairs balanced by action and also trains on every
+pair reversed (``train.balance_actions``, ``train.reverse_pairs``, both on by default): a
+rare action is drawn as often as a common one, and learns from its opposite's pairs too. In
+the ``held_out`` mode that means the held-out action still sees its opposite's pairs
+reversed; ``--set train.reverse_pairs=false`` measures it on its own k pairs alone.
 
 Resumable: re-run the same command after a crash or Ctrl-C; evaluated cells are skipped,
 unfinished runs resume from their newest checkpoint. ``--set KEY=VALUE`` goes to every

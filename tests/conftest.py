@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,12 @@ def run_folder(runs: Path) -> Path:
     """The one run folder under ``runs``."""
     (folder,) = [p for p in runs.iterdir() if p.is_dir()]
     return folder
+
+
+def stage2_train_retrieval(folder: Path) -> list[float]:
+    """The retrieval accuracy on training batches logged through stage 2 of a run."""
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [r["retrieval_accuracy"] for r in records if r["stage"] == 2 and "total" in r]
 
 
 @pytest.fixture(scope="session")

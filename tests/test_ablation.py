@@ -48,6 +48,17 @@ def test_smoke_plan_is_the_small_grid():
     assert config.transitions.imbalance == 100.0 and config.model.latent == "vq"
 
 
+def test_cpu_plan_is_the_claim_at_rho_100_with_the_default_model():
+    cells = ablation.plan("cpu")
+    assert [c.name for c in cells] == [
+        f"shapes3d-{latent}-actions-rho100-s0" for latent in ("vq", "gaussian", "ladder")
+    ]
+    config = resolved(cells[0])
+    assert config.model.autoencoder.widths == [32, 64, 128]  # configs/shapes3d.toml
+    assert (config.train.stage1_steps, config.train.stage2_steps) == (3000, 1500)
+    assert config.transitions.imbalance == 100.0
+
+
 def test_full_plan_counts_names_and_seed_major_order():
     cells = ablation.plan(
         "full", datasets=["shapes3d"], latents=["vq", "scm"], rhos=[1, 10], ks=[1, 5], seeds=[0, 1]
@@ -416,7 +427,9 @@ def load_task(name: str):
 def test_task_cli_bad_input_is_one_error_line(capsys):
     main = load_task("imbalance_ablation").main
     assert main(["--size", "big"]) == 2
-    assert capsys.readouterr().err.strip() == "error: unknown size 'big'; choose from smoke, full"
+    assert (
+        capsys.readouterr().err.strip() == "error: unknown size 'big'; choose from smoke, cpu, full"
+    )
     assert main(["--jobs", "two"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: argument --jobs")

@@ -78,3 +78,16 @@ def test_serialisation_round_trip(mixed_space):
     assert FactorSpace.from_dict(mixed_space.to_dict()) == mixed_space
     with pytest.raises(DataError, match="malformed"):
         FactorSpace.from_dict({"factors": [{"name": "a"}]})
+
+
+def test_inverse_action_undoes_every_valid_move():
+    space = FactorSpace([Factor("bounded", 4), Factor("wheel", 5, cyclic=True)])
+    values = space.unravel(torch.arange(space.num_values))
+    for a in range(space.num_actions):
+        actions = torch.full((len(values),), a)
+        moved, valid = space.apply(values, actions)
+        back, valid_back = space.apply(moved[valid], space.inverse_action(actions[valid]))
+        assert valid_back.all() and torch.equal(back, values[valid])
+    names = space.action_names
+    inverse = space.inverse_action(torch.arange(space.num_actions)).tolist()
+    assert [names[i] for i in inverse] == ["bounded-", "bounded+", "wheel-", "wheel+"]

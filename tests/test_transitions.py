@@ -4,7 +4,6 @@ import torch
 from vqcausal.data.transitions import (
     TransitionConfig,
     TransitionSampler,
-    TransitionStream,
     geometric_weights,
 )
 from vqcausal.errors import DataError
@@ -116,14 +115,6 @@ def test_impossible_requests_are_clear_errors(sparse_toy, toy):
     sampler = TransitionSampler(sparse_toy)
     with pytest.raises(DataError, match="position-"):
         sampler.sample(50, actions=torch.ones(50, dtype=torch.long))
-
-
-def test_stream_yields_batches_per_worker(toy):
-    stream = TransitionStream(TransitionSampler(toy), batch_size=8, seed=1)
-    first = next(iter(stream))
-    again = next(iter(stream))
-    assert torch.equal(first["values"], again["values"])
-    assert first["x"].shape == (8, 3, 16, 16)
 
 
 # ---- one action held at k training pairs ---------------------------------------------------

@@ -15,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="imbalance_ablation.py", description=__doc__.split("\n\n")[0].strip()
     )
-    parser.add_argument("--size", default="smoke", help="smoke (CPU, minutes) | full (GPU)")
+    parser.add_argument(
+        "--size", default="smoke", help="smoke (CPU, minutes) | cpu (2-core CPU, ~1 h) | full (GPU)"
+    )
     parser.add_argument("--out", help="sweep folder (default: runs/imbalance_ablation-SIZE)")
     parser.add_argument("--jobs", type=int, help="cells at once (default 2)")
     parser.add_argument("--threads", type=int, help="torch threads per job (default cores/jobs)")

@@ -146,6 +146,19 @@ SIZES: dict[str, SizeSpec] = {
         evaluate_args=("--fast", "--pairs", "1024", "--no-disentanglement"),
         jobs=2,
     ),
+    # the largest grid a 2-core CPU finishes in about an hour: the claim's cells (rho = 100,
+    # the causal model against both baselines) with the default model at half its steps
+    "cpu": SizeSpec(
+        datasets=("shapes3d",),
+        latents=("vq", "gaussian", "ladder"),
+        modes=("actions",),
+        rhos=(100.0,),
+        ks=(1,),
+        seeds=(0,),
+        overrides=("train.stage1_steps=3000", "train.stage2_steps=1500"),
+        evaluate_args=("--pairs", "4096", "--no-disentanglement"),
+        jobs=3,
+    ),
     "full": SizeSpec(
         datasets=("shapes3d", "sprites"),
         latents=("vq", "scm", "gaussian", "ladder"),

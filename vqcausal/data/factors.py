@@ -140,6 +140,12 @@ class FactorSpace:
         """+1 for ``+`` actions, -1 for ``-`` actions."""
         return 1 - 2 * (actions % 2)
 
+    @staticmethod
+    def inverse_action(actions: torch.Tensor) -> torch.Tensor:
+        """The action that undoes each action (``f+`` <-> ``f-``): if a takes x to x', the
+        inverse takes x' back to x, at a bounded factor's edge too."""
+        return actions ^ 1
+
     def valid_actions(self, values: torch.Tensor) -> torch.Tensor:
         """(B, A) mask: which actions stay on the grid from each factor vector."""
         values = values.long()

@@ -314,23 +314,3 @@ def action_concept_steps(
         rows = t.actions == a
         steps.append(float(change[rows, target].median()) if target >= 0 and rows.any() else 0.0)
     return targets, steps
-
-
-class TransitionStream(torch.utils.data.IterableDataset):
-    """Endless batches for a DataLoader; each worker gets its own reproducible stream."""
-
-    def __init__(
-        self, sampler: TransitionSampler, batch_size: int, split: str = "train", seed: int = 0
-    ) -> None:
-        super().__init__()
-        self.sampler = sampler
-        self.batch_size = batch_size
-        self.split = split
-        self.seed = seed
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker = 0 if info is None else info.id
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + worker)
-        while True:
-            yield self.sampler.batch(self.batch_size, self.split, generator)

@@ -26,6 +26,7 @@ from vqcausal.data.source import ConceptScaler, GroundTruthSource, to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
 from vqcausal.models.base import CausalImageModel
+from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
 from vqcausal.train.checkpoint import (
     Checkpoint,
     load_train_state,
@@ -48,20 +49,43 @@ CACHE_KEYS = ("latents", "actions", "latents_next")
 
 @torch.no_grad()
 def encode_transitions(
-    model: CausalImageModel, sampler: TransitionSampler, t: Transitions, batch: int = 256
+    model: CausalImageModel,
+    sampler: TransitionSampler,
+    t: Transitions,
+    batch: int = 256,
+    workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents of x and x' for factor-level transitions, rendered and encoded in chunks."""
+    """Latents of x and x' for factor-level transitions, rendered (in ``workers`` processes)
+    and encoded in chunks."""
     latents, latents_next = [], []
     device = next(model.parameters()).device
-    for start in range(0, len(t), batch):
-        part = Transitions(
-            *(v[start : start + batch] for v in (t.values, t.actions, t.values_next))
-        )
-        x, x_next = sampler.images(part)
-        z = model.encode(to_float(torch.cat([x, x_next])).to(device)).cpu()
-        latents.append(z[: len(part)])
-        latents_next.append(z[len(part) :])
+    chunks = loader(PairChunks(sampler, t, batch), workers, pin_memory=device.type == "cuda")
+    for x, x_next in chunks:
+        both = to_float(torch.cat([x, x_next]).to(device, non_blocking=True))
+        z = model.encode(both).cpu()
+        latents.append(z[: len(x)])
+        latents_next.append(z[len(x) :])
     return torch.cat(latents), torch.cat(latents_next)
+
+
+def pair_weights(actions: torch.Tensor, balance: bool) -> torch.Tensor:
+    """Sampling weight of each cached pair: uniform, or 1/count(action) so that every action
+    present is drawn equally often (the usual remedy for a long-tailed class distribution)."""
+    if not balance:
+        return torch.ones(len(actions))
+    counts = torch.bincount(actions)
+    return 1.0 / counts[actions].double()
+
+
+def with_reversed_pairs(
+    cache: dict[str, torch.Tensor], inverse: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The cached pairs followed by each pair reversed: (z', inverse(a), z)."""
+    return {
+        "latents": torch.cat([cache["latents"], cache["latents_next"]]),
+        "actions": torch.cat([cache["actions"], inverse(cache["actions"])]),
+        "latents_next": torch.cat([cache["latents_next"], cache["latents"]]),
+    }
 
 
 class Trainer:
@@ -86,9 +110,13 @@ class Trainer:
         self.accelerator = accelerator
         self.step = 0 if resume is None else resume.step
         self.state = None if resume is None else load_train_state(resume)
-        rank = accelerator.process_index
-        self.generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
-        torch.manual_seed(config.seed * 1000 + rank)
+        self.rank = accelerator.process_index
+        self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
+        torch.manual_seed(config.seed * 1000 + self.rank)
+        self.workers = data_workers(
+            self.train.data_workers, accelerator.device, accelerator.num_processes
+        )
+        self.data_wait = 0.0  # seconds the loop waited for rendered images since the last log
         self.eval_set = EvalSet.draw(self.sampler, self.train.eval_pairs, config.seed)
         self.metrics_path = run_dir / "metrics.jsonl"
         if resume is not None and accelerator.is_main_process:
@@ -174,6 +202,19 @@ class Trainer:
             optimizer.load_state_dict(self.state["optimizer"])
         self.state = None
 
+    def prepare(
+        self, objective: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """accelerate's wrapping (devices, DDP, autocast), then torch.compile if asked for.
+        The compiled module shares its parameters with ``self.model``, which checkpoints and
+        evaluation keep using uncompiled."""
+        if self.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        objective, optimizer = self.accelerator.prepare(objective, optimizer)
+        if self.train.compile != "no":
+            objective = torch.compile(objective, backend=self.train.compile)
+        return objective, optimizer
+
     def train_mode(self, stage: int) -> None:
         """Train mode, with stage-1 modules kept in eval mode (frozen) during stage 2."""
         self.model.train()
@@ -204,18 +245,26 @@ class Trainer:
         params = [p for p in objective.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.train.lr)
         self.restore_state(optimizer, 1)
-        objective, optimizer = self.accelerator.prepare(objective, optimizer)
+        objective, optimizer = self.prepare(objective, optimizer)
         device = self.accelerator.device
         half = max(self.train.batch_size // 2, 1)
+        stream = StepBatches(
+            self.sampler, half, self.step, self.train.stage1_steps, self.config.seed, self.rank
+        )
+        batches = iter(loader(stream, self.workers, pin_memory=device.type == "cuda"))
 
         def step_fn() -> dict[str, float]:
-            t = self.sampler.sample(half, "train", self.generator)
-            x, x_next = self.sampler.images(t)
-            values = torch.cat([t.values, t.values_next])
+            waited = time.perf_counter()
+            rendered = next(batches)
+            self.data_wait += time.perf_counter() - waited
+            labels = self.concepts.normalise(rendered["values"])
+            x = to_float(rendered["x"].to(device, non_blocking=True))
+            if self.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             batch = {
-                "x": to_float(torch.cat([x, x_next])).to(device),
-                "labels": self.concepts.normalise(values).to(device),
-                "actions": t.actions.to(device),
+                "x": x,
+                "labels": labels.to(device, non_blocking=True),
+                "actions": rendered["actions"].to(device, non_blocking=True),
                 "step": self.step,
                 "stats": (self.step + 1) % self.train.log_every == 0,  # the step logged next
             }
@@ -234,15 +283,19 @@ class Trainer:
             module.requires_grad_(False)
         cache = self.latent_cache()
         model.before_stage2(cache)
+        if self.train.reverse_pairs:
+            cache = with_reversed_pairs(cache, self.source.space.inverse_action)
         objective = model.stage2_objective()
         optimizer = torch.optim.AdamW(objective.parameters(), lr=self.train.stage2_lr)
         self.restore_state(optimizer, 2)
-        objective, optimizer = self.accelerator.prepare(objective, optimizer)
+        objective, optimizer = self.prepare(objective, optimizer)
         device = self.accelerator.device
 
+        weights = pair_weights(cache["actions"], self.train.balance_actions)
+
         def step_fn() -> dict[str, float]:
-            size = (self.train.stage2_batch_size,)
-            idx = torch.randint(len(cache["actions"]), size, generator=self.generator)
+            size = self.train.stage2_batch_size
+            idx = torch.multinomial(weights, size, replacement=True, generator=self.generator)
             batch = {k: v[idx].to(device) for k, v in cache.items()}
             with self.accelerator.autocast():
                 terms, stats = objective(batch)
@@ -262,7 +315,9 @@ class Trainer:
         t = self.sampler.sample(self.train.cache_pairs, "train", generator)
         was_training = self.model.training
         self.model.eval()
-        latents, latents_next = encode_transitions(self.model, self.sampler, t)
+        latents, latents_next = encode_transitions(
+            self.model, self.sampler, t, workers=self.workers
+        )
         self.model.train(was_training)
         cache = dict(zip(CACHE_KEYS, (latents, t.actions, latents_next), strict=True))
         if self.accelerator.is_main_process:
@@ -294,8 +349,9 @@ class Trainer:
         step_fn: Callable[[], dict[str, float]],
         optimizer: torch.optim.Optimizer,
     ) -> None:
-        start_time = time.perf_counter()
+        start_time = log_time = time.perf_counter()
         start_step = self.step
+        self.data_wait = 0.0
         columns = (
             TextColumn(f"stage {stage}"),
             BarColumn(),
@@ -313,8 +369,14 @@ class Trainer:
                     self.last_loss = terms["total"]
                     progress.update(task, advance=1, loss=terms["total"])
                     if self.step % self.train.log_every == 0 or self.step == end:
-                        rate = (self.step - start_step) / (time.perf_counter() - start_time)
-                        self.log({"stage": stage, "step": self.step, "steps_per_s": rate, **terms})
+                        now = time.perf_counter()
+                        rate = (self.step - start_step) / (now - start_time)
+                        # share of the wall time since the last log spent waiting for data:
+                        # on an accelerator, the time it sits idle for want of images
+                        data_wait = self.data_wait / max(now - log_time, 1e-9)
+                        self.data_wait, log_time = 0.0, now
+                        record = {"stage": stage, "step": self.step, "steps_per_s": rate}
+                        self.log(record | {"data_wait": data_wait} | terms)
                     if self.step % self.train.eval_every == 0 and self.accelerator.is_main_process:
                         self.evaluate_now(stage)
                     if self.step % self.train.checkpoint_every == 0 or self.step == end:
