@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -294,6 +295,16 @@ def test_failed_cells_are_reported_and_the_others_still_run(tmp_path, toy_cells)
     summary = ablation.failure_summary(outcomes)
     assert summary.startswith("2 of 4 cells failed; first: toy-vq-actions-rho10-s0")
     assert len(lines) == 4 and any("FAILED" in line for line in lines)
+
+
+def test_the_same_settings_in_another_order_reuse_the_folder(tmp_path, toy_cells):
+    cell = toy_cells[0]
+    ablation.write_cell_file(cell, tmp_path / cell.name)
+    reordered = dataclasses.replace(cell, overrides=tuple(reversed(cell.overrides)))
+    assert reordered != cell and ablation.same_run(cell, reordered)
+    ablation.write_cell_file(reordered, tmp_path / cell.name)  # accepted
+    changed = dataclasses.replace(cell, overrides=(*cell.overrides, "train.lr=0.5"))
+    assert not ablation.same_run(cell, changed)
 
 
 def test_a_folder_of_other_settings_or_a_live_sweep_is_refused(tmp_path, toy_cells):

@@ -645,6 +645,20 @@ class Outcome:
     run_dir: Path | None = None
 
 
+def same_run(old: Cell, cell: Cell) -> bool:
+    """Two cells train the same run when they are equal or their resolved configs are: the
+    overrides may come in another order (``--size cpu`` vs ``--size full --set ...``)."""
+    if old == cell:
+        return True
+    from vqcausal.config import load_config, to_dict
+
+    try:
+        configs = [to_dict(load_config(c.config_path, list(c.overrides))) for c in (old, cell)]
+    except VQCausalError:
+        return False
+    return configs[0] == configs[1]
+
+
 def write_cell_file(cell: Cell, cell_dir: Path) -> None:
     """Record what the cell is; refuse a folder that a different cell (settings) started."""
     path = cell_dir / CELL_FILE
@@ -653,7 +667,7 @@ def write_cell_file(cell: Cell, cell_dir: Path) -> None:
             old = Cell.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError) as err:
             raise AblationError(f"{path}: unreadable ({err})") from None
-        if old != cell:
+        if not same_run(old, cell):
             changed = [
                 f.name
                 for f in dataclasses.fields(Cell)
