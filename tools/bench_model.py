@@ -120,9 +120,17 @@ def worker(
 
     else:
         model.eval()
+
+        def retrieve_images() -> int:
+            # as `vqcausal retrieve` does it: images encoded in fp32 whatever the precision (a
+            # bf16 encoder can flip codes at quantizer boundaries), actions scored under autocast
+            with torch.autocast(device, enabled=False):
+                latents = model.encode(torch.cat([x, x_next]))
+            return model.retrieve_from_latents(latents[:batch], latents[batch:]).shape[0]
+
         fns = {
             "retrieve_codes": lambda: model.retrieve_from_latents(codes, codes_next).shape[0],
-            "retrieve_images": lambda: model.retrieve(x, x_next).shape[0],
+            "retrieve_images": retrieve_images,
             "intervene": lambda: model.intervene(x, action).shape[0],
         }
 

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument(
         "--method", choices=["synthesis", "classifier"], help="retrieval head (default: the run's)"
     )
+    retrieve.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: autocast (quantizer in fp32), ~1.6x faster on CPUs with bf16 instructions",
+    )
     retrieve.add_argument("--json", action="store_true", help="print JSON")
     retrieve.set_defaults(handler=_retrieve)
 
@@ -252,7 +258,7 @@ def _retrieve(args: argparse.Namespace) -> None:
         raise VQCausalError("--top-k must be at least 1")
     pairs = pair_paths(args.image_a, args.image_b)
     model, run_dir = open_run(args.run, args.runs)
-    results = retrieve(model, pairs, args.top_k, args.method)
+    results = retrieve(model, pairs, args.top_k, args.method, precision=args.precision)
     if args.json:
         print(json.dumps({"run": str(run_dir), "pairs": [r.to_dict() for r in results]}, indent=2))
         return
