@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,9 +114,8 @@ class Trainer:
         self.rank = accelerator.process_index
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         torch.manual_seed(config.seed * 1000 + self.rank)
-        self.workers = data_workers(
-            self.train.data_workers, accelerator.device, accelerator.num_processes
-        )
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        self.workers = data_workers(self.train.data_workers, accelerator.device, local)
         self.data_wait = 0.0  # seconds the loop waited for rendered images since the last log
         self.eval_set = EvalSet.draw(self.sampler, self.train.eval_pairs, config.seed)
         self.metrics_path = run_dir / "metrics.jsonl"
