@@ -210,15 +210,24 @@ def accuracy_vs(
     title: str = "",
     logx: bool = False,
 ) -> Path:
-    """One line per series over a shared x (e.g. accuracy vs imbalance ratio per latent)."""
+    """One line per series over a shared x (e.g. accuracy vs imbalance ratio per latent).
+
+    A series named ``"<base> (<variant>)"`` is drawn dashed in the colour of ``<base>``, so a
+    second measurement of the same thing reads as its companion."""
     fig = _figure(6.0, 4.0)
     ax = fig.add_subplot()
+    colours: dict[str, str] = {}
     for name, ys in series.items():
         if len(ys) != len(x):
             raise ValueError(f"series {name!r} has {len(ys)} values for {len(x)} x values")
         numbers = [_number(y) for y in ys]
         values = [math.nan if v is None else v for v in numbers]
-        ax.plot(list(x), values, marker="o", label=name)
+        base = name.split(" (")[0]
+        style = {"linestyle": "--"} if base != name else {}
+        if base in colours:
+            style["color"] = colours[base]
+        (line,) = ax.plot(list(x), values, marker="o", label=name, **style)
+        colours.setdefault(base, line.get_color())
     _finish_axes(ax, xlabel, ylabel, title, logx, legend=bool(series))
     return _save(fig, path)
 
