@@ -1238,6 +1238,15 @@ def write_figures(rows: Sequence[Row], folder: Path) -> list[Path]:
 
     paths: list[Path] = []
     summaries = summarise(rows)
+
+    def curve(
+        these: Sequence[Summary], metric: str, name: str, xlabel: str, ylabel: str, title: str
+    ) -> Path:
+        """``metric`` of both retrieval heads per latent against rho or k (log x)."""
+        levels = sorted({s.rho_or_k for s in these})
+        series = _both_heads(these, metric, levels)
+        return plots.accuracy_vs(levels, series, folder / name, xlabel, ylabel, title, logx=True)
+
     for dataset in _unique(s.dataset for s in summaries):
         mine = [s for s in summaries if s.dataset == dataset]
         uniform = [s for s in mine if s.mode == "actions" and s.rho_or_k == 1.0]
@@ -1247,42 +1256,38 @@ def write_figures(rows: Sequence[Row], folder: Path) -> list[Path]:
                 these = uniform + these  # rho = 1 is the shared uniform cell
             if not these:
                 continue
-            levels = sorted({s.rho_or_k for s in these})
+            rho = f"{what} imbalance rho (most / least frequent)"
             paths.append(
-                plots.accuracy_vs(
-                    levels,
-                    _both_heads(these, "balanced_accuracy", levels),
-                    folder / f"accuracy_vs_rho-{dataset}-{mode}.png",
-                    xlabel=f"{what} imbalance rho (most / least frequent)",
-                    ylabel="balanced retrieval accuracy",
-                    title=f"{dataset}: retrieval under {what} imbalance",
-                    logx=True,
+                curve(
+                    these,
+                    "balanced_accuracy",
+                    f"accuracy_vs_rho-{dataset}-{mode}.png",
+                    rho,
+                    "balanced retrieval accuracy",
+                    f"{dataset}: retrieval under {what} imbalance",
                 )
             )
             if mode == "actions":
                 paths.append(
-                    plots.accuracy_vs(
-                        levels,
-                        _both_heads(these, "rarest_accuracy", levels),
-                        folder / f"rarest_vs_rho-{dataset}.png",
-                        xlabel="action imbalance rho (most / least frequent)",
-                        ylabel="rarest action's retrieval accuracy",
-                        title=f"{dataset}: the rarest action ({these[0].rarest_action})",
-                        logx=True,
+                    curve(
+                        these,
+                        "rarest_accuracy",
+                        f"rarest_vs_rho-{dataset}.png",
+                        rho,
+                        "rarest action's retrieval accuracy",
+                        f"{dataset}: the rarest action ({these[0].rarest_action})",
                     )
                 )
         held = [s for s in mine if s.mode == "held_out"]
         if held:
-            levels = sorted({s.rho_or_k for s in held})
             paths.append(
-                plots.accuracy_vs(
-                    levels,
-                    _series_over(held, "rarest_accuracy", levels),
-                    folder / f"held_out_vs_k-{dataset}.png",
-                    xlabel="distinct training pairs of the held-out action (k)",
-                    ylabel="held-out action's retrieval accuracy (synthesis)",
-                    title=f"{dataset}: {held[0].rarest_action} from k examples",
-                    logx=True,
+                curve(
+                    held,
+                    "rarest_accuracy",
+                    f"held_out_vs_k-{dataset}.png",
+                    "distinct training pairs of the held-out action (k)",
+                    "held-out action's retrieval accuracy",
+                    f"{dataset}: {held[0].rarest_action} from k examples",
                 )
             )
         points: dict[str, tuple[list[float], list[float | None]]] = {}
