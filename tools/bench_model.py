@@ -121,16 +121,12 @@ def worker(
     else:
         model.eval()
 
-        def retrieve_images() -> int:
-            # as `vqcausal retrieve` does it: images encoded in fp32 whatever the precision (a
-            # bf16 encoder can flip codes at quantizer boundaries), actions scored under autocast
-            with torch.autocast(device, enabled=False):
-                latents = model.encode(torch.cat([x, x_next]))
-            return model.retrieve_from_latents(latents[:batch], latents[batch:]).shape[0]
-
+        # retrieval from images as `vqcausal retrieve` does it: encoded in fp32 whatever the
+        # precision, the actions scored under autocast
+        scoring = "bf16" if precision == "bf16" else "fp32"
         fns = {
             "retrieve_codes": lambda: model.retrieve_from_latents(codes, codes_next).shape[0],
-            "retrieve_images": retrieve_images,
+            "retrieve_images": lambda: model.retrieve(x, x_next, precision=scoring).shape[0],
             "intervene": lambda: model.intervene(x, action).shape[0],
         }
 

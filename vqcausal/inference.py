@@ -66,24 +66,17 @@ def retrieve(
     batch: int = 64,
     precision: str = "fp32",
 ) -> list[Retrieval]:
-    """Top-k actions explaining each pair, scored in batches.
-
-    ``precision="bf16"`` scores the actions under bf16 autocast, on the CPU too; the images are
-    encoded in fp32 all the same: a bf16 encoder moves some latents across a quantizer
-    boundary, and a flipped code can flip a confident answer (4% of toy pairs did)."""
+    """Top-k actions explaining each pair, scored in batches (``precision``: see
+    ``CausalImageModel.retrieve``)."""
     names = model.args.action_names
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     k = max(1, min(top_k, len(names)))
     results = []
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
         x = load_for_model(model, [a for a, _ in chunk])
         x_next = load_for_model(model, [b for _, b in chunk])
-        latents = model.encode(torch.cat([x, x_next]).to(device))
-        with autocast:
-            probs = model.retrieve_from_latents(latents[: len(x)], latents[len(x) :], method)
-        probs = probs.float().cpu()
+        probs = model.retrieve(x.to(device), x_next.to(device), method, precision).cpu()
         top = probs.topk(k, dim=-1)
         for (a, b), p, i in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
             results.append(Retrieval(a, b, [(names[j], q) for j, q in zip(i, p, strict=True)]))

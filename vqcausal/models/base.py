@@ -163,11 +163,24 @@ class CausalImageModel(nn.Module, ABC):
 
     @torch.no_grad()
     def retrieve(
-        self, x: torch.Tensor, x_next: torch.Tensor, method: str | None = None
+        self,
+        x: torch.Tensor,
+        x_next: torch.Tensor,
+        method: str | None = None,
+        precision: str = "fp32",
     ) -> torch.Tensor:
-        """p(action | x, x') (B, A) from images; both images encoded in one pass."""
-        latents = self.encode(torch.cat([x, x_next]))
-        return self.retrieve_from_latents(latents[: len(x)], latents[len(x) :], method)
+        """p(action | x, x') (B, A) float32 from images; both images encoded in one pass.
+
+        ``precision="bf16"`` scores the actions under bf16 autocast (on the CPU too), but the
+        images are encoded in fp32 all the same: a bf16 encoder moves some latents across a
+        quantizer boundary, and a flipped code can flip a confident answer (4% of toy pairs
+        did)."""
+        with torch.autocast(x.device.type, enabled=False):
+            latents = self.encode(torch.cat([x, x_next]))
+        bf16 = precision == "bf16"
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            probs = self.retrieve_from_latents(latents[: len(x)], latents[len(x) :], method)
+        return probs.float()
 
 
 def build_model(args: ModelArgs) -> CausalImageModel:
