@@ -131,6 +131,14 @@ def _check_sections(metrics: dict, pairs: int, action_names: list[str]) -> None:
     for key in ("atomicity", "intended_moved", "others_kept", "oracle_accuracy"):
         assert _unit(cf[key]), (key, cf[key])
     assert cf["atomicity"] <= min(cf["intended_moved"], cf["others_kept"])
+    # the diagnosis: the autoencoder's ceiling, per action, per factor, chained steps
+    assert _unit(cf["autoencoder_ceiling"]) and cf["atomicity_chained_1"] == cf["atomicity"]
+    assert list(cf["per_action"]) == action_names
+    assert sum(row["pairs"] for row in cf["per_action"].values()) == pairs
+    assert [cf["chained"][k]["pairs"] for k in ("1", "2", "3")] == sorted(
+        (cf["chained"][k]["pairs"] for k in ("1", "2", "3")), reverse=True
+    )
+    assert all(_unit(v) for row in cf["per_factor"].values() for v in row.values())
     assert isinstance(cf["atomicity_reliable"], bool) and _unit(cf["oracle_exact_on_targets"])
     assert list(cf["oracle"]["per_factor"]) == [name[:-1] for name in action_names[::2]]
     scores = metrics["disentanglement"]
@@ -149,6 +157,9 @@ def test_metrics_json_has_every_section_in_range(run_dir, evaluated):
     assert metrics["run"] == run_dir.name and metrics["settings"]["fast"] is True
     _check_sections(metrics, 128, names)
     assert _unit(metrics["counterfactual"]["code_accuracy"])
+    codes = metrics["counterfactual"]["codes"]
+    assert all(v is None or _unit(v) for v in codes.values()) and 0 < codes["changed_fraction"] < 1
+    assert "counterfactuals per action" in evaluated["stdout"]  # the per-action table
     # the pairs are the held-out ones EvalSet draws: each confusion row holds that action's pairs
     sampler = TransitionSampler(load_source(config.data), config.transitions)
     actions = EvalSet.draw(sampler, 128, config.seed).transitions.actions

@@ -11,7 +11,9 @@ into the run folder. Every section works for every latent module (vq, gaussian, 
 * ``counterfactual``: decode(intervene(x, a)) against the renderer's true x' (PSNR, SSIM,
   images in [0, 1]); ``atomicity``: a factor oracle (:mod:`vqcausal.eval.oracle`, trained on
   the train split's images) reads the counterfactual's factors, which must equal x''s
-  exactly; ``code_accuracy`` for vq (predicted codes equal to the codes of x').
+  exactly; beside it the autoencoder's ceiling, the transition's accuracy on the codes that
+  change and those that do not (vq), per-action and per-factor figures and atomicity after
+  chained steps (:mod:`vqcausal.eval.counterfactual`).
 * ``disentanglement``: :func:`~vqcausal.eval.disentanglement.disentanglement_scores` with
   represent(values) = encode(render(values)) flattened (code indices for vq, treated as
   discrete; the deterministic latent means otherwise). Needs every factor combination to be
@@ -32,7 +34,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ from vqcausal.config import Config
 from vqcausal.data.source import GroundTruthSource, to_float
 from vqcausal.data.transitions import SPLITS, Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
+from vqcausal.eval.pairs import CHUNK, PairLatents, chunks, encode_images, model_device
 from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel
 from vqcausal.train.checkpoint import Checkpoint
 
@@ -55,9 +58,7 @@ FAST_MIC_POINTS = 300
 MIC_CANDIDATES = 8  # latent dims per concept pre-selected by correlation ratio for alignment
 EDGE_THRESHOLD = 0.3  # graph weights above this count as edges (unless the latent has its own)
 TOP_K = (1, 3)
-RELIABLE_ORACLE = 0.9  # the oracle must read this fraction of the true x' exactly
 PAIR_SEED_OFFSET = 104729  # the same offset as the in-training EvalSet
-CHUNK = 256
 FIGURE_COLUMNS = 12  # images in a row of recon.png
 IMAGE_CACHE_BYTES = 512 * 2**20
 REPRESENTATION_CACHE_ELEMENTS = 32 * 2**20
@@ -159,23 +160,6 @@ class ImageCache:
         return self.images[index]
 
 
-def _chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def encode_images(model: CausalImageModel, images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> latents (B, ...) on the CPU, in chunks."""
-    device = _device(model)
-    parts = [model.encode(to_float(images[p]).to(device)).cpu() for p in _chunks(len(images))]
-    return torch.cat(parts) if parts else torch.zeros(0)
-
-
 class Representation:
     """represent(values) = encode(render(values)) flattened, memoised per grid point.
 
@@ -205,7 +189,7 @@ class Representation:
             return self._encode(values)
         index = self.space.ravel(values)
         missing = index[~self.have[index]].unique()
-        for part in _chunks(len(missing), 1024):
+        for part in chunks(len(missing), 1024):
             rows = missing[part]
             self.table[rows] = self._encode(self.space.unravel(rows))
             self.have[rows] = True
@@ -213,23 +197,15 @@ class Representation:
 
 
 # ---- sections -------------------------------------------------------------------------------
-@dataclass
-class PairLatents:
-    x: torch.Tensor  # uint8
-    x_next: torch.Tensor  # uint8
-    latents: torch.Tensor
-    latents_next: torch.Tensor
-
-
 @torch.no_grad()
 def reconstruction_section(
     model: CausalImageModel, pairs: PairLatents
 ) -> tuple[dict, torch.Tensor]:
     from vqcausal.eval.metrics import psnr, ssim
 
-    device = _device(model)
+    device = model_device(model)
     mse, values, structure, first = [], [], [], None
-    for p in _chunks(len(pairs.x)):
+    for p in chunks(len(pairs.x)):
         x = to_float(pairs.x[p])
         recon = model.decode_latent(pairs.latents[p].to(device)).clamp(0, 1).cpu()
         first = recon if first is None else first
@@ -250,7 +226,7 @@ def retrieval_section(
 ) -> dict:
     from vqcausal.eval.metrics import retrieval_report
 
-    device = _device(model)
+    device = model_device(model)
     out = {}
     for method in RETRIEVAL_METHODS:
         scores = torch.cat(
@@ -258,61 +234,11 @@ def retrieval_section(
                 model.retrieve_from_latents(
                     pairs.latents[p].to(device), pairs.latents_next[p].to(device), method
                 ).cpu()
-                for p in _chunks(len(actions))
+                for p in chunks(len(actions))
             ]
         )
         out[method] = retrieval_report(scores, actions, names, TOP_K)
     return out
-
-
-@torch.no_grad()
-def counterfactual_section(
-    model: CausalImageModel,
-    pairs: PairLatents,
-    transitions: Transitions,
-    oracle: torch.nn.Module,
-    oracle_info: dict,
-    names: list[str],
-) -> tuple[dict, torch.Tensor]:
-    """decode(step(encode(x), a)) vs the true x'; the oracle reads its factors."""
-    from vqcausal.eval.metrics import psnr, ssim
-    from vqcausal.eval.oracle import atomicity_report
-
-    device = _device(model)
-    actions = transitions.actions
-    psnrs, ssims, read, read_true, images = [], [], [], [], []
-    code_right, code_total = 0, 0
-    for p in _chunks(len(actions)):
-        predicted = model.step_latent(pairs.latents[p].to(device), actions[p].to(device))
-        if predicted.dtype == torch.long:
-            code_right += int((predicted.cpu() == pairs.latents_next[p]).sum())
-            code_total += predicted.numel()
-        cf = model.decode_latent(predicted).clamp(0, 1)
-        target = to_float(pairs.x_next[p]).to(device)
-        psnrs.append(psnr(cf, target).cpu())
-        ssims.append(ssim(cf, target).cpu())
-        read.append(oracle.predict(cf.to(_device(oracle))).cpu())
-        read_true.append(oracle.predict(target.to(_device(oracle))).cpu())
-        images.append(cf.cpu())
-    atomic = atomicity_report(torch.cat(read), transitions.values_next, actions, names)
-    # the oracle on the true x' of these pairs: the most that atomicity can show
-    on_targets = (torch.cat(read_true) == transitions.values_next).all(1).double().mean()
-    section: dict[str, Any] = {
-        "psnr": torch.cat(psnrs).mean().item(),
-        "ssim": torch.cat(ssims).mean().item(),
-        "atomicity": atomic["atomicity"],
-        "intended_moved": atomic["intended_moved"],
-        "others_kept": atomic["others_kept"],
-        "oracle_accuracy": oracle_info["accuracy"],
-        "oracle_exact_on_targets": on_targets.item(),
-        # atomicity means little when the oracle cannot read the true x' themselves
-        "atomicity_reliable": bool(on_targets.item() >= RELIABLE_ORACLE),
-    }
-    if code_total:
-        section["code_accuracy"] = code_right / code_total
-    section["atomicity_per_action"] = atomic["per_action"]
-    section["oracle"] = oracle_info
-    return section, torch.cat(images)
 
 
 def disentanglement_section(
@@ -481,11 +407,6 @@ def structure_section(
 
 
 # ---- figures --------------------------------------------------------------------------------
-def _pairs_per_action(actions: torch.Tensor, per_action: int = 3) -> dict[int, torch.Tensor]:
-    """The first ``per_action`` pairs of each action present, in action order."""
-    return {a: (actions == a).nonzero().squeeze(1)[:per_action] for a in actions.unique().tolist()}
-
-
 @torch.no_grad()
 def save_figures(
     model: CausalImageModel,
@@ -495,9 +416,9 @@ def save_figures(
     pairs: PairLatents,
     transitions: Transitions,
     recon: torch.Tensor,
-    counterfactuals: torch.Tensor,
     graph: torch.Tensor | None,
 ) -> list[Path]:
+    from vqcausal.eval.counterfactual import diagnosis_rows
     from vqcausal.eval.plots import confusion_png, per_action_bar
     from vqcausal.train.evaluation import intervention_grid
     from vqcausal.viz import heatmap, labelled_rows, save_png
@@ -521,15 +442,9 @@ def save_figures(
     n = min(len(recon), FIGURE_COLUMNS)
     recon_rows = [to_float(pairs.x[:n]), recon[:n]]
     paths.append(save_png(labelled_rows(recon_rows, ["x", "decoded"]), folder / "recon.png"))
-    # one row per action: (x | counterfactual | true x') for a few of its pairs
-    cf_rows, cf_labels = [], []
-    for a, rows in _pairs_per_action(transitions.actions).items():
-        triples = torch.stack(
-            [to_float(pairs.x[rows]), counterfactuals[rows], to_float(pairs.x_next[rows])], dim=1
-        )
-        cf_rows.append(triples.flatten(0, 1))
-        cf_labels.append(f"{names[a]}: x | cf | x'")
-    cf_image = labelled_rows(cf_rows, cf_labels, group=3)
+    # per action, a few pairs: x | x' | decode(encode(x')) | counterfactual | difference map
+    cf_rows, cf_labels = diagnosis_rows(model, pairs, transitions.actions, names)
+    cf_image = labelled_rows(cf_rows, cf_labels, group=5)
     paths.append(save_png(cf_image, folder / "counterfactuals.png"))
     if graph is not None:
         cell = max(6, 240 // max(graph.shape))
@@ -579,6 +494,7 @@ def run_evaluation(
 
     ``disentanglement=False`` skips the slowest section (sklearn models over 10k points),
     which sweeps that only compare retrieval and counterfactuals do not need."""
+    from vqcausal.eval.counterfactual import counterfactual_section
     from vqcausal.eval.disentanglement import DisentanglementSettings
     from vqcausal.eval.oracle import OracleSettings, load_or_train_oracle
     from vqcausal.train.checkpoint import write_text_atomic
@@ -632,9 +548,7 @@ def run_evaluation(
         )
     lap("oracle")
     with status("counterfactuals"):
-        counterfactual, cf_images = counterfactual_section(
-            model, pairs, t, oracle, oracle_info, names
-        )
+        counterfactual = counterfactual_section(model, pairs, t, oracle, oracle_info, source.space)
     lap("counterfactual")
     represent = Representation(model, render)
     scores: dict = {"skipped": "not asked for (--no-disentanglement)"}
@@ -650,9 +564,7 @@ def run_evaluation(
         )
     lap("structure")
     with status("figures"):
-        figures = save_figures(
-            model, inputs.out_dir, retrieval, names, pairs, t, recon, cf_images, graph
-        )
+        figures = save_figures(model, inputs.out_dir, retrieval, names, pairs, t, recon, graph)
     lap("figures")
     metrics = {
         "run": inputs.run_dir.resolve().name,
@@ -723,6 +635,8 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
     for key, value in metrics["counterfactual"].items():
         if not isinstance(value, dict):
             rows.append(("counterfactual", key, _fmt(value)))
+    for key, value in metrics["counterfactual"].get("codes", {}).items():
+        rows.append(("counterfactual", f"codes.{key}", _fmt(value)))
     for key, value in metrics["disentanglement"].items():
         rows.append(("disentanglement", key, _fmt(value)))
     structure = metrics["structure"]
@@ -742,6 +656,8 @@ def print_summary(result: Result) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from vqcausal.eval.counterfactual import per_action_table
+
     metrics = result.metrics
     title = (
         f"{metrics['run']}: {metrics['latent']} at step {metrics['step']:,}, "
@@ -753,6 +669,12 @@ def print_summary(result: Result) -> None:
     console = Console()
     console.print(table)
     cf = metrics["counterfactual"]
+    header, cells = per_action_table(cf)
+    if cells:
+        actions = Table(*header, title="counterfactuals per action")
+        for row in cells:
+            actions.add_row(*(value if isinstance(value, str) else _fmt(value) for value in row))
+        console.print(actions)
     if not cf.get("atomicity_reliable", True):
         console.print(
             f"[yellow]warning:[/] the factor oracle reads only "

@@ -101,3 +101,68 @@ def retrieval_report(
         target.numpy(), pred.numpy(), labels=list(range(num_actions))
     ).tolist()
     return report
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> float | None:
+    """numerator / denominator as a float, None where the denominator is 0."""
+    total = float(denominator)
+    return float(numerator) / total if total else None
+
+
+def code_change_summary(
+    codes: torch.Tensor, codes_next: torch.Tensor, predicted: torch.Tensor
+) -> dict[str, float | None]:
+    """How a transition on discrete codes does on the variables that change and those that don't.
+
+    ``codes`` (B, N) are x's codes, ``codes_next`` x''s, ``predicted`` the transition's codes
+    for x'. A transition can be right on nearly every variable (most stay put) and still get the
+    counterfactual wrong, so the two kinds are scored apart:
+
+    * ``changed_fraction``: share of variables whose code differs between x and x';
+    * ``accuracy_changed`` / ``accuracy_unchanged``: predicted == x' on each kind;
+    * ``change_precision`` / ``change_recall``: of the variables the transition changes
+      (predicted != x), the share that really change; of those that really change, the share it
+      changes (to any code);
+    * ``exact``: share of pairs with every variable right.
+
+    None where a kind is empty (e.g. no variable changes).
+    """
+    codes, codes_next, predicted = (t.detach().cpu().long() for t in (codes, codes_next, predicted))
+    if not codes.shape == codes_next.shape == predicted.shape:
+        raise ValueError(
+            f"shapes differ: codes {tuple(codes.shape)}, codes_next {tuple(codes_next.shape)}, "
+            f"predicted {tuple(predicted.shape)}"
+        )
+    changed = codes_next != codes
+    moved = predicted != codes
+    right = predicted == codes_next
+    return {
+        "changed_fraction": _ratio(changed.sum(), changed.numel()),
+        "accuracy_changed": _ratio((right & changed).sum(), changed.sum()),
+        "accuracy_unchanged": _ratio((right & ~changed).sum(), (~changed).sum()),
+        "change_precision": _ratio((moved & changed).sum(), moved.sum()),
+        "change_recall": _ratio((moved & changed).sum(), changed.sum()),
+        "exact": _ratio(right.all(1).sum(), len(right)),
+    }
+
+
+def code_change_report(
+    codes: torch.Tensor,
+    codes_next: torch.Tensor,
+    predicted: torch.Tensor,
+    actions: torch.Tensor,
+    action_names: Sequence[str],
+) -> dict[str, Any]:
+    """:func:`code_change_summary` over all pairs plus ``per_action`` (None: no pairs)."""
+    codes, codes_next, predicted = (t.detach().cpu().long() for t in (codes, codes_next, predicted))
+    report: dict[str, Any] = dict(code_change_summary(codes, codes_next, predicted))
+    actions = actions.detach().cpu().long()
+    report["per_action"] = {}
+    for a, name in enumerate(action_names):
+        rows = actions == a
+        report["per_action"][name] = (
+            code_change_summary(codes[rows], codes_next[rows], predicted[rows])
+            if bool(rows.any())
+            else None
+        )
+    return report

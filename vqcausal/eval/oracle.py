@@ -381,7 +381,10 @@ def atomicity_report(
       step in the right direction and nothing else changed);
     * ``intended_moved``: fraction whose intended factor equals x''s, whatever the others;
     * ``others_kept``: fraction whose other factors all equal x''s (= x's);
-    * ``per_action``: atomicity per action (None where an action has no pairs).
+    * ``per_action``: atomicity per action (None where an action has no pairs);
+    * ``per_action_detail``: per action, its ``pairs`` and the three fractions above;
+    * ``per_factor``: per factor, the fraction read right (named after the actions, less
+      their ``+`` / ``-``).
     """
     predicted, values_next = predicted.long().cpu(), values_next.long().cpu()
     actions = actions.long().cpu()
@@ -391,20 +394,39 @@ def atomicity_report(
             f"{tuple(values_next.shape)}, actions {tuple(actions.shape)}"
         )
     n, k = predicted.shape
+    names = action_names or [f"{f}{sign}" for f in range(k) for sign in "+-"]
     if n == 0:
-        return {"atomicity": None, "intended_moved": None, "others_kept": None, "per_action": {}}
+        return {
+            "atomicity": None,
+            "intended_moved": None,
+            "others_kept": None,
+            "per_action": {},
+            "per_action_detail": {},
+            "per_factor": {},
+        }
     right = predicted == values_next
     intended = F.one_hot(actions // 2, k).bool()
     exact = right.all(1).double()
-    num_actions = 2 * k
-    names = action_names or [str(a) for a in range(num_actions)]
-    per_action = {}
+    moved = right[intended].double()  # (n,): the intended factor of each row
+    kept = (right | intended).all(1).double()
+    per_action, detail = {}, {}
     for a, name in enumerate(names):
         rows = actions == a
-        per_action[name] = exact[rows].mean().item() if bool(rows.any()) else None
+        present = bool(rows.any())
+        per_action[name] = exact[rows].mean().item() if present else None
+        detail[name] = {
+            "pairs": int(rows.sum()),
+            "atomicity": per_action[name],
+            "intended_moved": moved[rows].mean().item() if present else None,
+            "others_kept": kept[rows].mean().item() if present else None,
+        }
+    factor_names = [name[:-1] for name in names[::2]]
+    per_factor = dict(zip(factor_names, right.double().mean(0).tolist(), strict=True))
     return {
         "atomicity": exact.mean().item(),
-        "intended_moved": right[intended].double().mean().item(),
-        "others_kept": (right | intended).all(1).double().mean().item(),
+        "intended_moved": moved.mean().item(),
+        "others_kept": kept.mean().item(),
         "per_action": per_action,
+        "per_action_detail": detail,
+        "per_factor": per_factor,
     }

@@ -145,6 +145,7 @@ def _page(run_name: str, metrics: dict, figures: list[tuple[Path, str]]) -> str:
         if key != "run"
     )
     body = "\n".join(_figure_html(path, caption) for path, caption in figures)
+    per_action = _per_action_html(metrics.get("counterfactual"))
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -162,6 +163,7 @@ def _page(run_name: str, metrics: dict, figures: list[tuple[Path, str]]) -> str:
 <tr><th>metric</th><th>value</th></tr>
 {rows}
 </table>
+{per_action}
 <h2>Figures</h2>
 <p class="meta">{len(figures)} figures, <span id="rendered-images">0</span> rendered</p>
 {body}
@@ -169,6 +171,28 @@ def _page(run_name: str, metrics: dict, figures: list[tuple[Path, str]]) -> str:
 </body>
 </html>
 """
+
+
+def _per_action_html(section: object) -> str:
+    """The counterfactual section's per-action table (atomicity and where it is lost)."""
+    from vqcausal.eval.counterfactual import per_action_table
+
+    if not isinstance(section, dict):
+        return ""
+    header, rows = per_action_table(section)
+    if not rows:
+        return ""
+    e = html.escape
+    head = "".join(f"<th>{e(title)}</th>" for title in header)
+    body = "\n".join(
+        "<tr><td>"
+        + e(str(row[0]))
+        + "</td>"
+        + "".join(f'<td class="value">{e(format_value(v))}</td>' for v in row[1:])
+        + "</tr>"
+        for row in rows
+    )
+    return f"<h2>Counterfactuals per action</h2>\n<table>\n<tr>{head}</tr>\n{body}\n</table>"
 
 
 def build_report(run_dir: Path, eval_dir: Path | None = None, out: Path | None = None) -> Path:

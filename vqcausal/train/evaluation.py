@@ -9,7 +9,8 @@ import torch
 
 from vqcausal.data.source import to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
-from vqcausal.eval.metrics import psnr, retrieval_summary
+from vqcausal.eval.metrics import code_change_summary, psnr, retrieval_summary
+from vqcausal.eval.pairs import chunks, model_device
 from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel
 from vqcausal.viz import heatmap, labelled_rows, save_png
 
@@ -30,22 +31,13 @@ class EvalSet:
         return cls(t, x, x_next, sampler.space.action_names)
 
 
-def _chunks(n: int, size: int = 256):
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def evaluate(model: CausalImageModel, data: EvalSet, with_transition: bool = True) -> dict:
     """Metrics on held-out pairs; the model must be in eval mode (deterministic)."""
-    device = _device(model)
+    device = model_device(model)
     n = len(data.transitions)
     recon_psnr, latents, latents_next = [], [], []
-    for part in _chunks(n):
+    for part in chunks(n):
         x = to_float(data.x[part]).to(device)
         x_next = to_float(data.x_next[part]).to(device)
         z = model.encode(torch.cat([x, x_next]))
@@ -60,18 +52,21 @@ def evaluate(model: CausalImageModel, data: EvalSet, with_transition: bool = Tru
     actions = data.transitions.actions.to(device)
     for method in RETRIEVAL_METHODS:
         probs = torch.cat(
-            [model.retrieve_from_latents(latents[p], latents_next[p], method) for p in _chunks(n)]
+            [model.retrieve_from_latents(latents[p], latents_next[p], method) for p in chunks(n)]
         )
         for key, value in retrieval_summary(probs.cpu(), actions.cpu()).items():
             metrics[f"retrieval_{method}_{key}"] = value
-    predicted = torch.cat([model.step_latent(latents[p], actions[p]) for p in _chunks(n)])
+    predicted = torch.cat([model.step_latent(latents[p], actions[p]) for p in chunks(n)])
     if predicted.dtype == torch.long:  # discrete codes: how many variables came out right
         metrics["counterfactual_code_accuracy"] = (predicted == latents_next).double().mean().item()
+        codes = code_change_summary(latents, latents_next, predicted)
+        metrics["counterfactual_changed_code_accuracy"] = codes["accuracy_changed"]
+        metrics["counterfactual_change_recall"] = codes["change_recall"]
     else:
         metrics["counterfactual_latent_mse"] = (predicted - latents_next).pow(2).mean().item()
     cf_psnr = [
         psnr(model.decode_latent(predicted[p]), to_float(data.x_next[p]).to(device)).cpu()
-        for p in _chunks(n)
+        for p in chunks(n)
     ]
     metrics["counterfactual_psnr"] = torch.cat(cf_psnr).mean().item()
     return metrics
@@ -83,7 +78,7 @@ def intervention_grid(
 ) -> tuple[list, list]:
     """Rows = actions; columns = x then the counterfactual after 1..steps applications."""
     num_actions = model.args.num_actions
-    device = _device(model)
+    device = model_device(model)
     source = to_float(x[:1]).to(device).expand(num_actions, -1, -1, -1)
     actions = torch.arange(num_actions, device=device)[:, None].expand(-1, steps)
     out = model.intervene(source, actions)  # (A, steps, C, H, W)
@@ -96,7 +91,7 @@ def save_figures(
     model: CausalImageModel, data: EvalSet, folder: Path, step: int, with_transition: bool
 ) -> None:
     """recon / interventions / adjacency PNGs of this evaluation, named by step."""
-    device = _device(model)
+    device = model_device(model)
     x = to_float(data.x[:8]).to(device)
     recon = model.decode_latent(model.encode(x)).cpu()
     save_png(labelled_rows([x.cpu(), recon], ["x", "decoded"]), folder / f"recon-{step:07d}.png")
