@@ -155,14 +155,44 @@ def test_losses_are_finite_and_reach_every_parameter() -> None:
         assert p.grad.abs().sum() > 0, name
 
 
+def test_training_slots_put_the_true_action_first_and_its_inverse_second() -> None:
+    actions = torch.tensor([0, 3, 4, 5, 1])
+    for slots, width in ((3, 3), (0, 6), (6, 6), (9, 6)):
+        model = CausalTransition(N, K, C, 6, TransitionModelConfig(hidden=16, train_slots=slots))
+        chosen = model.training_slots(actions)
+        assert chosen.shape == (5, width)
+        assert torch.equal(chosen[:, 0], actions) and torch.equal(chosen[:, 1], actions ^ 1)
+        assert all(len(set(row)) == width for row in chosen.tolist())  # distinct actions
+
+
+def test_changed_variables_weigh_more_in_the_code_loss(monkeypatch) -> None:
+    torch.manual_seed(0)
+    codes, actions = random_codes(), torch.randint(0, A, (B,))
+    codes_next = codes.clone()
+    codes_next[:, :3] = (codes[:, :3] + 1) % K  # 3 of N variables change
+    losses = {}
+    for weight in (0.0, 3.0):
+        torch.manual_seed(1)
+        model = CausalTransition(N, K, C, A, TransitionModelConfig(hidden=16, w_changed=weight))
+        model.eval()  # deterministic mask: the same logits for both weights
+        losses[weight] = model.losses(codes, actions, codes_next)["code"].item()
+        logits = model(codes, actions).logits[:, 0]
+        per = F.cross_entropy(logits.transpose(1, 2), codes_next, reduction="none").detach()
+    changed, unchanged = per[:, :3].mean(), per[:, 3:].mean()
+    assert losses[0.0] == pytest.approx((3 * changed + (N - 3) * unchanged).item() / N, rel=1e-5)
+    expected = (4 * 3 * changed + (N - 3) * unchanged) / (4 * 3 + N - 3)
+    assert losses[3.0] == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_notears_is_zero_on_a_dag() -> None:
     dag = torch.triu(torch.rand(5, 5), diagonal=1)
     assert notears(dag).abs() < 1e-5
     assert notears(dag + dag.T) > 0.1
 
 
-def test_classifier_shapes() -> None:
-    head = ActionClassifier(N, K, C, A, hidden=8)
+@pytest.mark.parametrize("layers", [0, 2])
+def test_classifier_shapes(layers: int) -> None:
+    head = ActionClassifier(N, K, C, A, hidden=8, layers=layers, heads=2)
     assert head(random_codes(), random_codes()).shape == (B, A)
 
 
@@ -185,10 +215,13 @@ def toy_pairs(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,
     return codes, actions, codes_next
 
 
-def test_transition_learns_the_toy() -> None:
+@pytest.mark.parametrize(
+    "options", [{}, {"train_slots": 2, "w_changed": 2.0}], ids=["all-slots", "two-slots-weighted"]
+)
+def test_transition_learns_the_toy(options: dict) -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    model = CausalTransition(TN, TK, 1, TA, TransitionModelConfig(hidden=32))
+    model = CausalTransition(TN, TK, 1, TA, TransitionModelConfig(hidden=32, **options))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(300):
         loss = model.losses(*toy_pairs(64, gen))["total"]
@@ -206,10 +239,11 @@ def test_transition_learns_the_toy() -> None:
     assert (model.predict(codes, noop) == codes).all(-1).float().mean() >= 0.9
 
 
-def test_classifier_learns_the_toy() -> None:
+@pytest.mark.parametrize("layers", [0, 1])
+def test_classifier_learns_the_toy(layers: int) -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    head = ActionClassifier(TN, TK, 1, TA, hidden=32)
+    head = ActionClassifier(TN, TK, 1, TA, hidden=32, layers=layers)
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
     for _ in range(300):
         codes, actions, codes_next = toy_pairs(64, gen)

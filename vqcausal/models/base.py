@@ -40,6 +40,7 @@ class ModelConfig:
     ladder: LadderConfig = field(default_factory=LadderConfig)
     scm: SCMConfig = field(default_factory=SCMConfig)
     classifier_hidden: int = 64
+    classifier_layers: int = 2  # transformer layers across variables in the classifier head
     retrieval: str = "synthesis"  # default retrieval head: synthesis | classifier
 
 

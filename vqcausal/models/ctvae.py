@@ -69,7 +69,12 @@ class CausalVQVAE(CausalImageModel):
             args.num_variables, size, codebooks, args.num_actions, cfg.transition
         )
         self.classifier = ActionClassifier(
-            args.num_variables, size, codebooks, args.num_actions, cfg.classifier_hidden
+            args.num_variables,
+            size,
+            codebooks,
+            args.num_actions,
+            cfg.classifier_hidden,
+            cfg.classifier_layers,
         )
 
     # ---- autoencoder ---------------------------------------------------------------

@@ -22,8 +22,14 @@ class ActionClassifier(nn.Module):
     """Learned retrieval head on (codes of x, codes of x').
 
     Each variable is embedded from its code, its next code, a learned "changed" flag and its
-    position; a per-node MLP mixes them, then mean- and max-pooling over variables (the max
-    picks out the few nodes an atomic action moves) feed a linear layer over actions.
+    position; a per-node MLP mixes them, ``layers`` transformer layers let the variables see
+    each other, then mean- and max-pooling over variables (the max picks out the few nodes an
+    atomic action moves) feed a linear layer over actions.
+
+    Without the transformer layers each variable is judged alone before pooling, so whether
+    the object grew or shrank, or turned left or right, must be read off single cells; with
+    them a cell's change is compared with its neighbours' (on shapes3d, with the default
+    autoencoder: balanced accuracy 0.862 with none).
     """
 
     def __init__(
@@ -33,6 +39,8 @@ class ActionClassifier(nn.Module):
         num_codebooks: int,
         num_actions: int,
         hidden: int = 64,
+        layers: int = 0,
+        heads: int = 4,
     ) -> None:
         super().__init__()
         self.num_variables = num_variables
@@ -48,6 +56,18 @@ class ActionClassifier(nn.Module):
             nn.GELU(),
             nn.Linear(2 * hidden, hidden),
         )
+        self.mix = None
+        if layers > 0:
+            layer = nn.TransformerEncoderLayer(
+                hidden,
+                heads,
+                2 * hidden,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.mix = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(2 * hidden), nn.Linear(2 * hidden, num_actions))
 
     def forward(self, codes: Tensor, codes_next: Tensor) -> Tensor:
@@ -64,5 +84,7 @@ class ActionClassifier(nn.Module):
             + self.pos_embed
         )
         x = x + self.node(x)
+        if self.mix is not None:
+            x = self.mix(x)
         pooled = torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=-1)
         return self.head(pooled)

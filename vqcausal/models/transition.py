@@ -57,6 +57,14 @@ class TransitionModelConfig:
     w_mask: float = 0.01  # sparsity of the intervention mask (mean prob)
     w_graph: float = 0.01  # sparsity of the adjacency (mean weight)
     w_acyclic: float = 0.0  # optional NOTEARS penalty tr(exp(G o G)) - N on the batch-mean graph
+    # extra weight of the code CE on the variables that change between x and x' (a weight of
+    # 1 + w_changed): most variables just keep their code, which the lookup path gets right
+    # early, so the few that change would otherwise carry a small share of the loss
+    w_changed: float = 0.0
+    # action slots per training pair for the retrieval CE: the true action, its inverse, and
+    # random others up to this many (0: all A). Training cost is linear in the slots, so fewer
+    # buys more steps; the inverse is always among them, as it is the hardest negative
+    train_slots: int = 0
 
 
 @dataclass
@@ -253,25 +261,46 @@ class CausalTransition(nn.Module):
         logits, _ = self.transition(self.encode(codes), self._slots(codes, None))
         return _log_likelihood(logits, codes_next)
 
+    def training_slots(self, actions: Tensor) -> Tensor:
+        """(B, S) actions scored per training pair: the true one first, then (with
+        ``train_slots``) its inverse ``a ^ 1`` and distinct random others; else all the rest."""
+        b, a = actions.shape[0], self.num_actions
+        # a random order of all actions, the true one forced first and its inverse second
+        key = torch.rand(b, a, device=actions.device)
+        rows = torch.arange(b, device=actions.device)
+        key[rows, actions] = -2.0
+        if a % 2 == 0:
+            key[rows, actions ^ 1] = -1.0
+        order = key.argsort(dim=1)
+        slots = self.config.train_slots
+        return order[:, :slots] if 0 < slots < a else order
+
     def losses(self, codes: Tensor, actions: Tensor, codes_next: Tensor) -> dict[str, Tensor]:
-        """All loss terms plus ``total`` from ONE pass over the A real actions and the no-op.
+        """All loss terms plus ``total`` from ONE pass over the action slots and the no-op.
 
         The true action's slot gives the code CE, the no-op slot the identity CE, and the
-        A real slots the analysis-by-synthesis retrieval CE. ``acyclic`` is only computed when
+        real slots (all A, or ``train_slots`` of them: :meth:`training_slots`) the
+        analysis-by-synthesis retrieval CE. ``acyclic`` is only computed when
         ``w_acyclic > 0`` (else 0). ``retrieval_accuracy`` is a detached metric, not in ``total``.
         """
         cfg = self.config
         b = codes.shape[0]
-        slots = repeat(torch.arange(self.num_actions + 1, device=codes.device), "s -> b s", b=b)
+        real = self.training_slots(actions)  # (b, S), the true action in column 0
+        noop = torch.full((b, 1), self.noop, device=codes.device, dtype=real.dtype)
         states = self.encode(codes)
         adjacency = states.adjacency
-        logits, probs = self.transition(states, slots)  # (b, n, A+1, k)
+        logits, probs = self.transition(states, torch.cat([real, noop], 1))  # (b, n, S+1, k)
 
-        true_logits = logits[torch.arange(b, device=codes.device), :, actions]  # (b, n, k)
-        code = F.cross_entropy(rearrange(true_logits, "b n k -> b k n"), codes_next)
-        identity = F.cross_entropy(rearrange(logits[:, :, self.noop], "b n k -> b k n"), codes)
-        scores = _log_likelihood(logits[:, :, : self.num_actions], codes_next)
-        retrieval = F.cross_entropy(scores, actions)
+        changed = (codes_next != codes).to(logits.dtype)
+        per_variable = F.cross_entropy(
+            rearrange(logits[:, :, 0], "b n k -> b k n"), codes_next, reduction="none"
+        )
+        weight = 1 + cfg.w_changed * changed
+        code = (weight * per_variable).sum() / weight.sum()
+        identity = F.cross_entropy(rearrange(logits[:, :, -1], "b n k -> b k n"), codes)
+        scores = _log_likelihood(logits[:, :, :-1], codes_next)
+        first = torch.zeros_like(actions)  # the true action's column
+        retrieval = F.cross_entropy(scores, first)
         mask = probs.mean()
         graph = adjacency.mean()
         acyclic = notears(adjacency.mean(0)) if cfg.w_acyclic > 0 else adjacency.new_zeros(())
@@ -284,7 +313,7 @@ class CausalTransition(nn.Module):
             + cfg.w_acyclic * acyclic
         )
         with torch.no_grad():
-            accuracy = (scores.argmax(-1) == actions).float().mean()
+            accuracy = (scores.argmax(-1) == first).float().mean()
         return {
             "code": code,
             "identity": identity,

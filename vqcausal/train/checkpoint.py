@@ -132,6 +132,11 @@ def latest_checkpoint(run_dir: str | Path) -> Checkpoint:
     return Checkpoint(path, meta)
 
 
+#: model config keys whose default changed the network's shape, with the value that rebuilds
+#: checkpoints written before the key existed
+LEGACY_MODEL_KEYS = {"classifier_layers": 0}
+
+
 def model_args_from_meta(meta: dict) -> ModelArgs:
     raw = meta["model_args"]
     try:
@@ -142,7 +147,9 @@ def model_args_from_meta(meta: dict) -> ModelArgs:
             raise TypeError(f"action_names {names} is not a list of names")
         if not isinstance(raw["model"], dict):
             raise TypeError("model is not a table")
-        model = from_dict(ModelConfig, raw["model"], prefix="model.")
+        # keys added since a checkpoint was written take the value that rebuilds its model
+        stored = {**LEGACY_MODEL_KEYS, **raw["model"]}
+        model = from_dict(ModelConfig, stored, prefix="model.")
         return ModelArgs(
             shape,
             names,
