@@ -53,6 +53,11 @@ class TrainConfig:
     lr: float = 2e-3
     stage2_lr: float = 1e-3
     grad_clip: float = 1.0
+    # learning rate over each stage: "cosine" warms up linearly over warmup_steps, then decays
+    # along a half cosine to lr_final times the base rate at the stage's end; "constant" keeps it
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    lr_final: float = 0.05
     cache_pairs: int = 20_000  # train pairs encoded once for stage 2
     # stage 2 draws cached pairs with probability 1/count(action): every action is trained
     # equally often however skewed the data (the rare action's distinct pairs stay as few)
@@ -75,6 +80,12 @@ class TrainConfig:
     channels_last: bool = False  # NHWC convolutions: faster under bf16 on recent GPUs
 
     def __post_init__(self) -> None:
+        from vqcausal.schedule import SCHEDULES
+
+        if self.lr_schedule not in SCHEDULES:
+            raise VQCausalError(f"train.lr_schedule must be one of {', '.join(SCHEDULES)}")
+        if self.warmup_steps < 0 or not 0 <= self.lr_final <= 1:
+            raise VQCausalError("train.warmup_steps must be >= 0 and train.lr_final in [0, 1]")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise VQCausalError("train.mixed_precision must be no, bf16 or fp16")
         if self.compile != "no":

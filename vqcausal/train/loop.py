@@ -27,6 +27,7 @@ from vqcausal.data.source import ConceptScaler, GroundTruthSource, to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
 from vqcausal.models.base import CausalImageModel
+from vqcausal.schedule import lr_factor
 from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
 from vqcausal.train.checkpoint import (
     Checkpoint,
@@ -275,7 +276,7 @@ class Trainer:
             return {k: v.item() for k, v in terms.items()} | stats
 
         self.train_mode(1)
-        self._loop(1, self.train.stage1_steps, step_fn, optimizer)
+        self._loop(1, self.train.stage1_steps, step_fn, optimizer, self.train.lr)
 
     def stage2(self) -> None:
         model = self.model
@@ -303,7 +304,7 @@ class Trainer:
             return {k: v.item() for k, v in terms.items()} | stats
 
         self.train_mode(2)
-        self._loop(2, self.total_steps, step_fn, optimizer)
+        self._loop(2, self.total_steps, step_fn, optimizer, self.train.stage2_lr)
 
     def latent_cache(self) -> dict[str, torch.Tensor]:
         """Training pairs encoded once by the frozen stage-1 model; kept in the run folder."""
@@ -348,7 +349,10 @@ class Trainer:
         end: int,
         step_fn: Callable[[], dict[str, float]],
         optimizer: torch.optim.Optimizer,
+        base_lr: float,
     ) -> None:
+        train = self.train
+        first = 0 if stage == 1 else train.stage1_steps
         start_time = log_time = time.perf_counter()
         start_step = self.step
         self.data_wait = 0.0
@@ -364,6 +368,11 @@ class Trainer:
             task = progress.add_task("train", total=end, completed=self.step, loss=float("nan"))
             try:
                 while self.step < end:
+                    factor = lr_factor(
+                        train.lr_schedule, self.step, first, end, train.warmup_steps, train.lr_final
+                    )
+                    for group in optimizer.param_groups:
+                        group["lr"] = base_lr * factor
                     terms = step_fn()
                     self.step += 1
                     self.last_loss = terms["total"]
@@ -376,6 +385,7 @@ class Trainer:
                         data_wait = self.data_wait / max(now - log_time, 1e-9)
                         self.data_wait, log_time = 0.0, now
                         record = {"stage": stage, "step": self.step, "steps_per_s": rate}
+                        record["lr"] = base_lr * factor
                         self.log(record | {"data_wait": data_wait} | terms)
                     if self.step % self.train.eval_every == 0 and self.accelerator.is_main_process:
                         self.evaluate_now(stage)
