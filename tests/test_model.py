@@ -70,3 +70,17 @@ def test_checkpoint_save_load_gives_identical_outputs(tmp_path):
     assert torch.equal(loaded.retrieve(x, y), model.retrieve(x, y))
     actions = torch.tensor([0, 1, 2, 3])
     assert torch.equal(loaded.intervene(x, actions), model.intervene(x, actions))
+
+
+def test_checkpoints_written_before_new_shape_keys_rebuild_their_model():
+    from vqcausal.models.base import ModelArgs, ModelConfig, build_model
+    from vqcausal.train.checkpoint import model_args_from_meta
+
+    old = ModelArgs([3, 16, 16], ["a+", "a-"], ModelConfig()).to_dict()
+    del old["model"]["classifier_layers"], old["model"]["transition"]["update_expansion"]
+    args = model_args_from_meta({"model_args": old})
+    assert args.model.classifier_layers == 0 and args.model.transition.update_expansion == 1
+    model = build_model(args)
+    assert model.classifier.mix is None and model.transition.update_out.in_features == 64
+    new = model_args_from_meta({"model_args": ModelArgs([3, 16, 16], ["a+", "a-"]).to_dict()})
+    assert new.model.classifier_layers == 2 and new.model.transition.update_expansion == 4

@@ -127,9 +127,13 @@ class LargestTensor(TorchDispatchMode):
 
 
 def test_no_pairwise_feature_tensor() -> None:
-    """N = 256: nothing of size B*N*N*hidden is ever built, in retrieval or in training."""
+    """N = 256: nothing of size B*N*N*hidden is ever built, in retrieval or in training.
+
+    (The update's hidden layer is kept at ``hidden`` wide: its B*N*A*width slots grow with N,
+    not N^2, but at width 4 * hidden they would pass this bound by themselves.)"""
     n, b, hidden, actions = 256, 8, 64, 12
-    model = CausalTransition(n, 16, 1, actions, TransitionModelConfig(hidden=hidden))
+    config = TransitionModelConfig(hidden=hidden, update_expansion=1)
+    model = CausalTransition(n, 16, 1, actions, config)
     codes = random_codes(b, n, 16)
     with LargestTensor() as probe:
         with torch.no_grad():

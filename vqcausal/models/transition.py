@@ -50,6 +50,10 @@ class TransitionModelConfig:
     context_layers: int = 2  # transformer layers giving every node global context (once per x)
     heads: int = 4
     hops: int = 2  # message-passing hops along the learned graph
+    # width of the intervention update's hidden layer, in multiples of ``hidden``: the update
+    # maps (node context, action) to the intervened node's new code, a large lookup (each
+    # code, action and position has its own answer) that a ``hidden``-wide layer underfits
+    update_expansion: int = 4
     mask_threshold: float = 0.5
     w_code: float = 1.0  # CE of predicted codes vs x' codes (true action)
     w_identity: float = 1.0  # CE of the no-op action's prediction vs x's own codes
@@ -141,9 +145,11 @@ class CausalTransition(nn.Module):
         self.mask_q = nn.Linear(h, h, bias=False)  # from the action
         self.mask_k = nn.Linear(h, h, bias=False)  # from the node
         self.mask_bias = nn.Parameter(torch.tensor(-2.0))  # start sparse: few nodes intervened
-        self.update_node = nn.Linear(h, h)  # U(h_i, a) = W2 gelu(W_h h_i + W_a a)
-        self.update_action = nn.Linear(h, h, bias=False)
-        self.update_out = nn.Linear(h, h)
+        # U(h_i, a) = W2 gelu(W_h h_i + W_a a), update_expansion * h wide in the middle
+        wide = cfg.update_expansion * h
+        self.update_node = nn.Linear(h, wide)
+        self.update_action = nn.Linear(h, wide, bias=False)
+        self.update_out = nn.Linear(wide, h)
         self.prop_node = nn.Linear(h, h)  # message context c(h_i, a) = P_h h_i + P_a a
         self.prop_action = nn.Linear(h, h, bias=False)
         self.prop_in = nn.Linear(h, h, bias=False)

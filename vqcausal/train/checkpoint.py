@@ -134,7 +134,18 @@ def latest_checkpoint(run_dir: str | Path) -> Checkpoint:
 
 #: model config keys whose default changed the network's shape, with the value that rebuilds
 #: checkpoints written before the key existed
-LEGACY_MODEL_KEYS = {"classifier_layers": 0}
+LEGACY_MODEL_KEYS = {"classifier_layers": 0, "transition": {"update_expansion": 1}}
+
+
+def _with_legacy(stored: dict, legacy: dict) -> dict:
+    """``stored`` with the legacy values filled in where it lacks a key (tables merged)."""
+    merged = dict(stored)
+    for key, value in legacy.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_legacy(merged[key], value)
+    return merged
 
 
 def model_args_from_meta(meta: dict) -> ModelArgs:
@@ -148,7 +159,7 @@ def model_args_from_meta(meta: dict) -> ModelArgs:
         if not isinstance(raw["model"], dict):
             raise TypeError("model is not a table")
         # keys added since a checkpoint was written take the value that rebuilds its model
-        stored = {**LEGACY_MODEL_KEYS, **raw["model"]}
+        stored = _with_legacy(raw["model"], LEGACY_MODEL_KEYS)
         model = from_dict(ModelConfig, stored, prefix="model.")
         return ModelArgs(
             shape,
