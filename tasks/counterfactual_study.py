@@ -47,16 +47,29 @@ from vqcausal import ablation
 from vqcausal.cli import OneLineParser, add_set_arg
 
 #: name -> (what it is, overrides on the dataset's config), in the order of the table. Each
-#: row adds one change to the row above it; ``default`` is the config as it is.
+#: row adds changes to the row above it; ``default`` is the config as it is.
+BEFORE = (
+    'train.lr_schedule="constant"',
+    "train.stage2_steps=3000",
+    "model.transition.train_slots=0",
+    "model.transition.w_changed=0.0",
+    "model.transition.update_expansion=1",
+    "model.classifier_layers=0",
+)
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "before": (
-        "the default model before the atomicity work: one codebook of 128 codes, every "
-        "action scored in training, no changed-code weight, classifier without attention",
-        (
-            "model.quantizer.codebooks=1",
-            "model.transition.train_slots=0",
-            "model.transition.w_changed=0.0",
-            "model.classifier_layers=0",
+        "the default model before the atomicity work: constant learning rates, every action "
+        "scored in training, no changed-code weight, a narrow update, a classifier without "
+        "attention, 3,000 stage-2 steps",
+        BEFORE,
+    ),
+    "transition-training": (
+        "before + the stage-2 training changes: changed codes weigh 3x in the code CE, 4 "
+        "action slots per pair, 2 attention layers in the classifier",
+        tuple(
+            o
+            for o in BEFORE
+            if not any(key in o for key in ("w_changed", "train_slots", "classifier_layers"))
         ),
     ),
     "default": ("configs/<dataset>.toml as it is", ()),

@@ -36,6 +36,7 @@ def test_two_variants_give_a_table_and_a_comparison_grid(tmp_path, capsys):
     study = load_study()
     out = tmp_path / "study"
     argv = ["--size", "smoke", "--datasets", "toy", "--out", str(out), "--threads", "1"]
+    argv += ["--variants", "before", "default"]
     for item in TOY_TINY:
         argv += ["--set", item]
     assert study.main(argv) == 0

@@ -47,7 +47,7 @@ class TrainConfig:
     """Two stages: (1) the VQ-VAE on images, (2) transition + retrieval on cached codes."""
 
     stage1_steps: int = 6000
-    stage2_steps: int = 3000
+    stage2_steps: int = 4000
     batch_size: int = 32  # images per stage-1 step (per process)
     stage2_batch_size: int = 64  # cached pairs per stage-2 step (per process)
     lr: float = 2e-3

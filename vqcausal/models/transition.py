@@ -64,11 +64,11 @@ class TransitionModelConfig:
     # extra weight of the code CE on the variables that change between x and x' (a weight of
     # 1 + w_changed): most variables just keep their code, which the lookup path gets right
     # early, so the few that change would otherwise carry a small share of the loss
-    w_changed: float = 0.0
+    w_changed: float = 2.0
     # action slots per training pair for the retrieval CE: the true action, its inverse, and
     # random others up to this many (0: all A). Training cost is linear in the slots, so fewer
     # buys more steps; the inverse is always among them, as it is the hardest negative
-    train_slots: int = 0
+    train_slots: int = 4
 
 
 @dataclass
