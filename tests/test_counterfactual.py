@@ -149,7 +149,7 @@ def test_per_action_table_and_figure_rows(toy):
     section, pairs = _section(toy)
     header, rows = per_action_table(section)
     source, t, _, _ = toy
-    assert header[:3] == ["action", "pairs", "atomicity"] and header[-1].endswith("3 steps")
+    assert header[:3] == ["action", "pairs", "atomic"] and header[-1] == "3 steps"
     assert [row[0] for row in rows] == source.space.action_names
     assert sum(row[1] for row in rows) == len(t)
     model = FactorLatents(source)

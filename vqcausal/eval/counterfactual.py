@@ -236,14 +236,21 @@ def diagnosis_rows(
 #: (column title, key in a ``per_action`` row) of the per-action table
 PER_ACTION_COLUMNS = (
     ("pairs", "pairs"),
-    ("atomicity", "atomicity"),
-    ("intended moved", "intended_moved"),
-    ("others kept", "others_kept"),
-    ("AE ceiling", "autoencoder_ceiling"),
-    ("codes right (changed)", "codes_accuracy_changed"),
-    ("codes right (unchanged)", "codes_accuracy_unchanged"),
-    ("change precision", "codes_change_precision"),
-    ("change recall", "codes_change_recall"),
+    ("atomic", "atomicity"),
+    ("moved", "intended_moved"),
+    ("kept", "others_kept"),
+    ("AE ceil", "autoencoder_ceiling"),
+    ("chg ok", "codes_accuracy_changed"),
+    ("same ok", "codes_accuracy_unchanged"),
+    ("chg prec", "codes_change_precision"),
+    ("chg rec", "codes_change_recall"),
+)
+#: what the short titles mean, printed under the table
+PER_ACTION_LEGEND = (
+    "atomic: the oracle reads exactly x''s factors; moved / kept: the intended factor / all "
+    "others read right; AE ceil: atomicity of decode(encode(x')); chg ok / same ok: codes right "
+    "among the variables that change / stay; chg prec / rec: precision / recall of changing a "
+    "variable; N steps: atomicity after the action applied N times"
 )
 
 
@@ -260,7 +267,7 @@ def per_action_table(section: dict) -> tuple[list[str], list[list[Any]]]:
     longest = max(chained, key=int, default=None)
     header = ["action", *(title for title, _ in present)]
     if longest is not None and longest != "1":
-        header.append(f"atomicity after {longest} steps")
+        header.append(f"{longest} steps")
     rows = []
     for name, row in per_action.items():
         cells = [name, *(row.get(key) for _, key in present)]

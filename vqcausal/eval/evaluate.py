@@ -619,6 +619,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _short(value: Any) -> str:
+    """Table cells: fractions to 3 decimals, counts in full."""
+    return f"{value:.3f}" if isinstance(value, float) else _fmt(value)
+
+
 def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
     """(section, metric, value) rows of the headline numbers."""
     rows: list[tuple[str, str, str]] = []
@@ -654,9 +659,9 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
 
 def print_summary(result: Result) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    from vqcausal.eval.counterfactual import per_action_table
+    from vqcausal.eval.counterfactual import PER_ACTION_LEGEND, per_action_table
 
     metrics = result.metrics
     title = (
@@ -671,9 +676,11 @@ def print_summary(result: Result) -> None:
     cf = metrics["counterfactual"]
     header, cells = per_action_table(cf)
     if cells:
-        actions = Table(*header, title="counterfactuals per action")
+        first = Column(header[0], no_wrap=True)
+        actions = Table(first, *header[1:], title="counterfactuals per action")
+        actions.caption = PER_ACTION_LEGEND
         for row in cells:
-            actions.add_row(*(value if isinstance(value, str) else _fmt(value) for value in row))
+            actions.add_row(*(value if isinstance(value, str) else _short(value) for value in row))
         console.print(actions)
     if not cf.get("atomicity_reliable", True):
         console.print(

@@ -175,7 +175,7 @@ def _page(run_name: str, metrics: dict, figures: list[tuple[Path, str]]) -> str:
 
 def _per_action_html(section: object) -> str:
     """The counterfactual section's per-action table (atomicity and where it is lost)."""
-    from vqcausal.eval.counterfactual import per_action_table
+    from vqcausal.eval.counterfactual import PER_ACTION_LEGEND, per_action_table
 
     if not isinstance(section, dict):
         return ""
@@ -192,7 +192,10 @@ def _per_action_html(section: object) -> str:
         + "</tr>"
         for row in rows
     )
-    return f"<h2>Counterfactuals per action</h2>\n<table>\n<tr>{head}</tr>\n{body}\n</table>"
+    legend = f'<p class="meta">{e(PER_ACTION_LEGEND)}</p>'
+    return (
+        f"<h2>Counterfactuals per action</h2>\n<table>\n<tr>{head}</tr>\n{body}\n</table>\n{legend}"
+    )
 
 
 def build_report(run_dir: Path, eval_dir: Path | None = None, out: Path | None = None) -> Path:
