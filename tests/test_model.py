@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -84,3 +86,18 @@ def test_checkpoints_written_before_new_shape_keys_rebuild_their_model():
     assert model.classifier.mix is None and model.transition.update_out.in_features == 64
     new = model_args_from_meta({"model_args": ModelArgs([3, 16, 16], ["a+", "a-"]).to_dict()})
     assert new.model.classifier_layers == 2 and new.model.transition.update_expansion == 4
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml")), ids=str
+)
+def test_every_shipped_config_builds_its_model(path):
+    from vqcausal.data.registry import load_source
+    from vqcausal.models.base import build_model
+
+    config = load_config(path)
+    source = load_source(config.data)
+    args = ModelArgs(list(source.image_shape), source.space.action_names, config.model)
+    model = build_model(args)
+    x = torch.rand(2, *source.image_shape)
+    assert model.decode_latent(model.encode(x)).shape == x.shape
