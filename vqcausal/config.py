@@ -53,9 +53,11 @@ class TrainConfig:
     lr: float = 2e-3
     stage2_lr: float = 1e-3
     grad_clip: float = 1.0
-    # learning rate over each stage: "cosine" warms up linearly over warmup_steps, then decays
-    # along a half cosine to lr_final times the base rate at the stage's end; "constant" keeps it
-    lr_schedule: str = "cosine"
+    # learning rate over each stage: "constant", or "cosine": a linear warm-up over
+    # warmup_steps, then a half cosine down to lr_final times the base rate at the stage's end.
+    # Constant by default: on the default shapes3d model a cosine stage 1 reconstructed worse
+    # (31.2 against 32.3 dB PSNR after 6,000 steps, seed 0)
+    lr_schedule: str = "constant"
     warmup_steps: int = 100
     lr_final: float = 0.05
     cache_pairs: int = 20_000  # train pairs encoded once for stage 2
