@@ -160,6 +160,10 @@ def test_metrics_json_has_every_section_in_range(run_dir, evaluated):
     codes = metrics["counterfactual"]["codes"]
     assert all(v is None or _unit(v) for v in codes.values()) and 0 < codes["changed_fraction"] < 1
     assert "counterfactuals per action" in evaluated["stdout"]  # the per-action table
+    # printed to a log (not a terminal), every cell is whole: no number cut to "0.…"
+    first_action = next(iter(metrics["counterfactual"]["per_action"].values()))
+    assert "…" not in evaluated["stdout"]
+    assert f"{first_action['atomicity']:.3f}" in evaluated["stdout"]
     # the pairs are the held-out ones EvalSet draws: each confusion row holds that action's pairs
     sampler = TransitionSampler(load_source(config.data), config.transitions)
     actions = EvalSet.draw(sampler, 128, config.seed).transitions.actions

@@ -681,6 +681,11 @@ def print_summary(result: Result) -> None:
         actions.caption = PER_ACTION_LEGEND
         for row in cells:
             actions.add_row(*(value if isinstance(value, str) else _short(value) for value in row))
+        # a log or pipe gets the table at its natural width (rich would squeeze it into 80
+        # columns and cut every number); a terminal wraps it as usual
+        if not console.is_terminal:
+            unbounded = console.options.update_width(10_000)
+            console.width = max(console.measure(actions, options=unbounded).maximum, console.width)
         console.print(actions)
     if not cf.get("atomicity_reliable", True):
         console.print(
