@@ -67,6 +67,13 @@ def test_toy_model_learns_held_out_transitions(trained_run):
     assert summary["recon_psnr"] >= 24.0
 
 
+def summary_matches_last_eval(run: Path, records: list[dict]) -> bool:
+    """summary.json carries the numbers of the run's last evaluation."""
+    summary = json.loads((run / "summary.json").read_text())
+    last = [r["eval"] for r in records if "eval" in r][-1]
+    return all(summary[key] == value for key, value in last.items())
+
+
 def test_run_folder_holds_config_checkpoint_metrics_figures(trained_run):
     config = load_config(trained_run / "config.toml")
     assert config.data.dataset == "toy" and config.train.stage1_steps == 600
@@ -76,6 +83,10 @@ def test_run_folder_holds_config_checkpoint_metrics_figures(trained_run):
     assert ckpt.meta["model_args"]["action_names"] == ToyRenderer().space.action_names
     figures = {p.name for p in (trained_run / "figures").iterdir()}
     assert {"recon-0000600.png", "interventions-0001200.png", "adjacency-0001200.png"} <= figures
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
+    eval_steps = [r["step"] for r in records if "eval" in r]
+    assert eval_steps[-1] == 1200 and len(eval_steps) == len(set(eval_steps))  # each step once
+    assert summary_matches_last_eval(trained_run, records)
     grid = Image.open(trained_run / "figures" / "interventions-0001200.png")
     assert grid.height > 4 * 32  # one row per action
     assert len(list((trained_run / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints

@@ -118,6 +118,7 @@ class Trainer:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         self.workers = data_workers(self.train.data_workers, accelerator.device, local)
         self.data_wait = 0.0  # seconds the loop waited for rendered images since the last log
+        self.last_eval: tuple[int, int, dict] | None = None  # (step, stage, metrics)
         self.eval_set = EvalSet.draw(self.sampler, self.train.eval_pairs, config.seed)
         self.metrics_path = run_dir / "metrics.jsonl"
         if resume is not None and accelerator.is_main_process:
@@ -407,11 +408,15 @@ class Trainer:
         if was_training:
             self.train_mode(stage)
         self.log({"stage": stage, "step": self.step, "eval": metrics})
+        self.last_eval = (self.step, stage, metrics)
         return metrics
 
     def final_evaluation(self) -> None:
         stage = self.last_stage
-        metrics = self.evaluate_now(stage)
+        if self.last_eval is not None and self.last_eval[:2] == (self.step, stage):
+            metrics = self.last_eval[2]  # the last step was an evaluation step: same numbers
+        else:
+            metrics = self.evaluate_now(stage)
         summary = {"step": self.step, "finished": self.step >= self.total_steps, **metrics}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
