@@ -20,6 +20,7 @@ from vqcausal.eval.counterfactual import (
     counterfactual_section,
     diagnosis_rows,
     per_action_table,
+    training_fit,
 )
 from vqcausal.eval.metrics import code_change_report, code_change_summary
 from vqcausal.eval.pairs import PairLatents
@@ -178,3 +179,22 @@ def test_code_change_summary_by_hand():
     assert report["per_action"]["c"] is None
     with pytest.raises(ValueError, match="shapes differ"):
         code_change_summary(codes, codes_next[:, :2], predicted)
+
+
+def test_training_fit_scores_the_cached_training_pairs(toy):
+    """The stand-in's perfect transition fits cached pairs exactly; a cache whose x' codes
+    were corrupted shows as missed changes, only on the pairs asked for."""
+    source, t, x, x_next = toy
+    model = FactorLatents(source)
+    latents = model.encode(to_float(x))
+    cache = {
+        "latents": latents,
+        "actions": t.actions,
+        "latents_next": model.encode(to_float(x_next)),
+    }
+    fit = training_fit(model, cache, pairs=100)
+    assert fit["accuracy_changed"] == fit["accuracy_unchanged"] == fit["exact"] == 1.0
+    cache["latents_next"] = latents  # as if no variable changed: every predicted change is wrong
+    fit = training_fit(model, cache, pairs=100)
+    assert fit["changed_fraction"] == 0.0 and fit["change_precision"] == 0.0
+    assert fit["accuracy_unchanged"] == pytest.approx(1 - 100 / latents[:100].numel())

@@ -159,6 +159,10 @@ def test_metrics_json_has_every_section_in_range(run_dir, evaluated):
     assert _unit(metrics["counterfactual"]["code_accuracy"])
     codes = metrics["counterfactual"]["codes"]
     assert all(v is None or _unit(v) for v in codes.values()) and 0 < codes["changed_fraction"] < 1
+    # the same figures on the run's cached training pairs (the fit of the transition)
+    fit = metrics["counterfactual"]["codes_training"]
+    assert set(fit) == set(codes) and all(v is None or _unit(v) for v in fit.values())
+    assert "codes_training.accuracy_changed" in evaluated["stdout"]
     assert "counterfactuals per action" in evaluated["stdout"]  # the per-action table
     # printed to a log (not a terminal), every cell is whole: no number cut to "0.…"
     first_action = next(iter(metrics["counterfactual"]["per_action"].values()))

@@ -12,6 +12,9 @@ so the section splits it:
 * per action: atomicity, ``intended_moved``, ``others_kept``, the ceiling and the code figures;
   per factor: how often the oracle reads it right from the counterfactual, from
   decode(encode(x')) and from the true x'.
+* **fit** (discrete latents, when the run folder keeps its stage-2 cache): the same code figures
+  on the cached training pairs stage 2 learned from. Equal to the held-out ones: the
+  transition underfits (more steps or capacity help); far above them: it memorised the cache.
 * **chained steps**: the same action applied k = 1 .. ``chain_steps`` times to the codes,
   judged against the renderer's factors after k steps (pairs whose chain would step off a
   bounded factor's grid are left out of that k), since users chain actions and errors compound.
@@ -26,7 +29,7 @@ import torch
 from vqcausal.data.factors import FactorSpace
 from vqcausal.data.source import to_float
 from vqcausal.data.transitions import Transitions
-from vqcausal.eval.metrics import code_change_report, psnr, ssim
+from vqcausal.eval.metrics import code_change_report, code_change_summary, psnr, ssim
 from vqcausal.eval.oracle import atomicity_report
 from vqcausal.eval.pairs import PairLatents, chunks, model_device
 from vqcausal.models.base import CausalImageModel
@@ -46,6 +49,14 @@ def step_all(model: CausalImageModel, latents: torch.Tensor, actions: torch.Tens
         for p in chunks(len(actions))
     ]
     return torch.cat(parts)
+
+
+def training_fit(model: CausalImageModel, cache: dict[str, torch.Tensor], pairs: int) -> dict:
+    """Code figures (:func:`~vqcausal.eval.metrics.code_change_summary`) of the transition on
+    the first ``pairs`` cached training pairs (``latents``, ``actions``, ``latents_next``)."""
+    latents, actions = cache["latents"][:pairs], cache["actions"][:pairs]
+    predicted = step_all(model, latents, actions)
+    return code_change_summary(latents, cache["latents_next"][:pairs], predicted)
 
 
 @torch.no_grad()

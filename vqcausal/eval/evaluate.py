@@ -494,10 +494,10 @@ def run_evaluation(
 
     ``disentanglement=False`` skips the slowest section (sklearn models over 10k points),
     which sweeps that only compare retrieval and counterfactuals do not need."""
-    from vqcausal.eval.counterfactual import counterfactual_section
+    from vqcausal.eval.counterfactual import counterfactual_section, training_fit
     from vqcausal.eval.disentanglement import DisentanglementSettings
     from vqcausal.eval.oracle import OracleSettings, load_or_train_oracle
-    from vqcausal.train.checkpoint import write_text_atomic
+    from vqcausal.train.checkpoint import read_latent_cache, write_text_atomic
 
     status = status or _nothing
     model, source, sampler, t = inputs.model, inputs.source, inputs.sampler, inputs.transitions
@@ -549,6 +549,9 @@ def run_evaluation(
     lap("oracle")
     with status("counterfactuals"):
         counterfactual = counterfactual_section(model, pairs, t, oracle, oracle_info, source.space)
+        cache = read_latent_cache(inputs.run_dir) if "codes" in counterfactual else None
+        if cache is not None:  # over- or underfitting: the same code figures on training pairs
+            counterfactual["codes_training"] = training_fit(model, cache, len(t))
     lap("counterfactual")
     represent = Representation(model, render)
     scores: dict = {"skipped": "not asked for (--no-disentanglement)"}
@@ -640,8 +643,9 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
     for key, value in metrics["counterfactual"].items():
         if not isinstance(value, dict):
             rows.append(("counterfactual", key, _fmt(value)))
-    for key, value in metrics["counterfactual"].get("codes", {}).items():
-        rows.append(("counterfactual", f"codes.{key}", _fmt(value)))
+    for group in ("codes", "codes_training"):
+        for key, value in metrics["counterfactual"].get(group, {}).items():
+            rows.append(("counterfactual", f"{group}.{key}", _fmt(value)))
     for key, value in metrics["disentanglement"].items():
         rows.append(("disentanglement", key, _fmt(value)))
     structure = metrics["structure"]

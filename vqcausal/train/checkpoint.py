@@ -22,13 +22,16 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
 from vqcausal.config import Config, ConfigError, from_dict
 from vqcausal.errors import VQCausalError
 from vqcausal.models.base import CausalImageModel, ModelArgs, ModelConfig, build_model
 
 LATEST = "latest"
+#: the training pairs stage 2 learns from, encoded once by the frozen stage-1 model
+LATENT_CACHE = Path("cache") / "stage2_latents.safetensors"
+CACHE_KEYS = ("latents", "actions", "latents_next")
 
 
 class CheckpointError(VQCausalError):
@@ -210,6 +213,15 @@ def load_train_state(ckpt: Checkpoint) -> dict | None:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a damaged file
         raise CheckpointError(f"{path}: cannot read training state ({err})") from None
+
+
+def read_latent_cache(run_dir: str | Path) -> dict[str, torch.Tensor] | None:
+    """The run's stage-2 training pairs as latents (``CACHE_KEYS``), or None without a cache."""
+    path = Path(run_dir) / LATENT_CACHE
+    if not path.exists():
+        return None
+    data = load_file(str(path))
+    return {k: data[k] for k in CACHE_KEYS}
 
 
 def config_from_meta(meta: dict) -> Config:

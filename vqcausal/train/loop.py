@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from vqcausal.config import Config, to_dict
@@ -30,8 +30,11 @@ from vqcausal.models.base import CausalImageModel
 from vqcausal.schedule import lr_factor
 from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
 from vqcausal.train.checkpoint import (
+    CACHE_KEYS,
+    LATENT_CACHE,
     Checkpoint,
     load_train_state,
+    read_latent_cache,
     save_checkpoint,
     write_text_atomic,
 )
@@ -44,9 +47,6 @@ class TrainingError(VQCausalError):
 
 class Interrupted(VQCausalError):
     """Ctrl-C: a checkpoint was saved and the run can be resumed."""
-
-
-CACHE_KEYS = ("latents", "actions", "latents_next")
 
 
 @torch.no_grad()
@@ -309,10 +309,10 @@ class Trainer:
 
     def latent_cache(self) -> dict[str, torch.Tensor]:
         """Training pairs encoded once by the frozen stage-1 model; kept in the run folder."""
-        path = self.run_dir / "cache" / "stage2_latents.safetensors"
-        if path.exists():
-            data = load_file(str(path))
-            return {k: data[k] for k in CACHE_KEYS}
+        cache = read_latent_cache(self.run_dir)
+        if cache is not None:
+            return cache
+        path = self.run_dir / LATENT_CACHE
         generator = torch.Generator().manual_seed(self.config.seed + 7919)
         t = self.sampler.sample(self.train.cache_pairs, "train", generator)
         was_training = self.model.training
