@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from vqcausal import ablation
-from vqcausal.cli import OneLineParser, add_set_arg
+from vqcausal.cli import SEED, OneLineParser, add_set_arg, bounded
 
 #: name -> (what it is, overrides on the dataset's config), in the order of the table. Each
 #: row adds changes to the row above it; ``default`` is the config as it is.
@@ -99,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="study folder (default runs/counterfactual_study-SIZE)")
     parser.add_argument("--datasets", nargs="+", default=["shapes3d"], help="shapes3d sprites")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=", ".join(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once")
-    parser.add_argument("--threads", type=int, help="torch threads per job (default cores/jobs)")
+    parser.add_argument("--seeds", nargs="+", type=SEED, default=[0])
+    parser.add_argument("--jobs", type=bounded(1, 256), default=1, help="runs at once")
+    parser.add_argument(
+        "--threads", type=bounded(1, 1024), help="torch threads per job (default cores/jobs)"
+    )
     parser.add_argument("--gpus", help="comma-separated GPU ids, one per job slot")
     add_set_arg(parser, "train.stage1_steps=20000")
     return parser

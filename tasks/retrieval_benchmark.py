@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from vqcausal import ablation
-from vqcausal.cli import add_set_arg
+from vqcausal.cli import SEED, add_set_arg, bounded
 from vqcausal.models.base import RETRIEVAL_METHODS
 
 #: (metrics.json key under retrieval.<method>, table header)
@@ -62,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="benchmark folder (default runs/retrieval_benchmark-SIZE)")
     parser.add_argument("--datasets", nargs="+", default=["shapes3d", "sprites"])
     parser.add_argument("--latents", nargs="+", default=["vq"], help="vq scm gaussian ladder")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--jobs", type=int, help="runs at once (default 2)")
-    parser.add_argument("--threads", type=int, help="torch threads per job (default cores/jobs)")
+    parser.add_argument("--seeds", nargs="+", type=SEED, default=[0])
+    parser.add_argument("--jobs", type=bounded(1, 256), help="runs at once (default 2)")
+    parser.add_argument(
+        "--threads", type=bounded(1, 1024), help="torch threads per job (default cores/jobs)"
+    )
     parser.add_argument("--gpus", help="comma-separated GPU ids, one per job slot")
     add_set_arg(parser, 'train.mixed_precision="bf16"')
     return parser

@@ -48,7 +48,7 @@ def test_export_then_refuse_second_export(tmp_path, capsys):
         (["data", "info", "--dataset", "folder"], "needs data.path"),
         (["data", "info", "--dataset", "sprites", "--path", "/no/such.npz"], "not found"),
         (["data", "info", "--config", "/no/such.toml"], "config file not found"),
-        (["data", "preview", "--dataset", "toy", "--pairs", "0"], "at least 1"),
+        (["data", "preview", "--dataset", "toy", "--pairs", "0"], "--pairs: must be from 1 to 256"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
@@ -64,4 +64,4 @@ def test_console_script_exit_status(tmp_path):
         text=True,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: unknown dataset")
+    assert result.stderr.strip().startswith("error: config section 'data': unknown dataset")

@@ -14,7 +14,8 @@ def test_defaults_file_and_overrides(tmp_path):
 
 
 def test_round_trip_through_dict():
-    config = load_config(None, ['data.cyclic=["hue"]', "transitions.action_order=[1, 0]"])
+    overrides = ['data.dataset="folder"', 'data.cyclic=["hue"]', "transitions.action_order=[1, 0]"]
+    config = load_config(None, overrides)
     assert from_dict(Config, to_dict(config)) == config
 
 

@@ -286,7 +286,7 @@ def _unfinished(run_dir: Path, tmp_path: Path) -> str:
             lambda run, tmp: ["evaluate", str(run), "--out", str(tmp / "file" / "eval")],
             "is a file",
         ),
-        (lambda run, tmp: ["evaluate", str(run), "--pairs", "0"], "--pairs must be at least 1"),
+        (lambda run, tmp: ["evaluate", str(run), "--pairs", "0"], "--pairs: must be from 1 to"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(

@@ -15,6 +15,7 @@ script) to check what a user sees there, warnings included.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -43,6 +44,7 @@ IMAGE_ERRORS = {
     "huge.png": "image too large",
     "dir.png": "dir.png",  # retrieve: "is a folder but b.png is not"; intervene: "is a directory"
     "nope.png": "file not found",
+    "fifo.png": "not a regular file",  # a named pipe: reading it would block for ever
 }
 #: valid but unusual images -> the top action a retrieval must give (None: any, colour is lost)
 UNUSUAL = {
@@ -58,6 +60,15 @@ RUN_ERRORS = {
     "run-empty": "no checkpoint yet",
     "run-file": "is a file",
     "run-nope": "run folder not found",
+    # a run folder reads and writes only inside itself: the pointer is a name, not a path
+    "run-escape": "is not a checkpoint name",
+    "run-absolute": "is not a checkpoint name",
+    "run-symlink": "leads outside the run folder",
+    # user-edited meta.json: wrong types, huge and non-finite numbers, absurd nesting
+    "run-finished-text": "finished must be true or false, got 'no'",
+    "run-step-huge": "step must be a whole number from 0 to 2^53",
+    "run-step-nan": "step must be a whole number from 0 to 2^53, got None",
+    "run-meta-deep": "damaged checkpoint description",
 }
 CONFIG_ERRORS = {
     "unknown-key.toml": "unknown config key 'train.stage1_stepz'",
@@ -65,6 +76,9 @@ CONFIG_ERRORS = {
     "binary.toml": "binary.toml",
     "config-dir.toml": "cannot read config file",
     "nope.toml": "config file not found",
+    "nan-lr.toml": "config key 'train.lr' must be a finite number, got nan",
+    "deep.toml": "nested too deeply",
+    "channels.toml": "data.channels does not apply to dataset 'shapes3d'",
 }
 
 
@@ -98,6 +112,10 @@ def _images(folder: Path) -> None:
     for side, name in (("left", "truncated.png"), ("right", "b.png")):
         (folder / side).mkdir()
         shutil.copy(folder / name, folder / side / "p0.png")
+    (folder / "left2").mkdir()  # left2/extra.png has no partner in right
+    shutil.copy(a, folder / "left2" / "p0.png")
+    shutil.copy(a, folder / "left2" / "extra.png")
+    os.mkfifo(folder / "fifo.png")
 
 
 def bad_shape(run: Path) -> None:
@@ -108,13 +126,57 @@ def bad_shape(run: Path) -> None:
     meta_path.write_text(json.dumps(meta))
 
 
+def _edit_meta(run: Path, **fields: object) -> None:
+    meta_path = latest_checkpoint(run).path / "meta.json"
+    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | fields))
+
+
+def _point(run: Path, name: str) -> None:
+    (run / "checkpoints" / "latest").write_text(name)
+
+
+def pointer_escape(run: Path) -> None:
+    """``latest`` leads into a sibling run (which a resume would then write into)."""
+    step = latest_checkpoint(run).path.name
+    _point(run, f"../../run-victim/checkpoints/{step}")
+
+
+def pointer_absolute(run: Path) -> None:
+    _point(run, str(latest_checkpoint(run.parent / "run-victim").path))
+
+
+def pointer_symlink(run: Path) -> None:
+    """A checkpoint-shaped name that is a symlink into another run."""
+    (run / "checkpoints" / "step-0999999").symlink_to(
+        latest_checkpoint(run.parent / "run-victim").path, target_is_directory=True
+    )
+    _point(run, "step-0999999")
+
+
+def step_nan(run: Path) -> None:
+    meta_path = latest_checkpoint(run).path / "meta.json"
+    meta_path.write_text(re.sub(r'"step": \d+', '"step": NaN', meta_path.read_text(), count=1))
+
+
+def meta_deep(run: Path) -> None:
+    (latest_checkpoint(run).path / "meta.json").write_text("[" * 100_000)
+
+
 def _runs(folder: Path, run: Path) -> None:
     """Copies of the trained run with tampered weights, another config or a broken shape;
     an empty folder and a file where a run belongs; metrics.json files for the report."""
+    shutil.copytree(run, folder / "run-victim", ignore=shutil.ignore_patterns("eval"))
     tampers = [
         ("run-tampered", tamper_header),
         ("run-other", other_config),
         ("run-shape", bad_shape),
+        ("run-escape", pointer_escape),
+        ("run-absolute", pointer_absolute),
+        ("run-symlink", pointer_symlink),
+        ("run-finished-text", lambda r: _edit_meta(r, finished="no")),
+        ("run-step-huge", lambda r: _edit_meta(r, step=10**30)),
+        ("run-step-nan", step_nan),
+        ("run-meta-deep", meta_deep),
     ]
     for name, tamper in tampers:
         shutil.copytree(run, folder / name, ignore=shutil.ignore_patterns("eval"))
@@ -139,6 +201,15 @@ def _configs(folder: Path) -> None:
     ]:
         data = {**smoke, "train": {**smoke["train"], **section}}
         (folder / name).write_text(tomli_w.dumps(data))
+    for name, section, values in [
+        ("nan-lr.toml", "train", {"lr": float("nan")}),
+        ("channels.toml", "data", {"channels": 3}),  # shapes3d has 3 channels, always
+    ]:
+        data = {**smoke, section: {**smoke.get(section, {}), **values}}
+        if section == "data":
+            data["data"]["dataset"] = "shapes3d"
+        (folder / name).write_text(tomli_w.dumps(data))
+    (folder / "deep.toml").write_text("a = " + "[" * 100_000)
     (folder / "binary.toml").write_bytes((folder / "a.png").read_bytes())
     (folder / "zero.toml").write_bytes(b"")
     (folder / "config-dir.toml").mkdir()
@@ -245,20 +316,27 @@ CASES = [
     *(Case(retrieve(f"{{h}}/{name}"), error) for name, error in IMAGE_ERRORS.items()),
     Case(retrieve("{h}/a.png", "{h}/truncated.png"), "truncated.png"),
     Case(retrieve("{h}/left", "{h}/right"), "left/p0.png"),
+    Case(retrieve("{h}/left2", "{h}/right"), "1 image(s) have no partner"),
     *(Case(retrieve(f"{{h}}/{n}") + " --json", check=retrieved(t)) for n, t in UNUSUAL.items()),
     *(Case(retrieve("{h}/a.png", run=f"{{h}}/{r}"), error) for r, error in RUN_ERRORS.items()),
-    Case(retrieve("{h}/a.png") + " --top-k 0", "--top-k must be at least 1"),
+    Case(retrieve("{h}/a.png") + " --top-k 0", "--top-k: must be from 1 to 1,000, got 0"),
     *(Case(intervene(f"{{h}}/{name}"), error) for name, error in IMAGE_ERRORS.items()),
     *(Case(intervene(f"{{h}}/{name}"), check=intervened) for name in UNUSUAL),
     *(Case(intervene(run=f"{{h}}/{r}"), error) for r, error in RUN_ERRORS.items()),
     Case(intervene(out="{h}/dir.png"), "dir.png is a folder"),
     Case(intervene(out="{h}/file.txt/cf.png"), "file.txt"),
-    Case(intervene() + " --steps many", "argument --steps: invalid int value"),
+    Case(intervene() + " --steps many", "argument --steps: wants a whole number, got 'many'"),
     Case(intervene() + " --action size+", "unknown action 'size+'"),
+    Case(intervene() + " --steps 1000000000", "--steps: must be from 1 to 100, got 1000000000"),
+    Case(intervene() + " --steps 0", "--steps: must be from 1 to 100, got 0"),
+    Case(intervene() + " --scale 100000", "--scale: must be from 1 to 16"),
+    Case("data preview --dataset toy --pairs 999999999 --out {out}/p.png", "--pairs: must be"),
+    Case("data export --dataset toy --out {out}/x --train 1e12", "--train: wants a whole number"),
+    Case("data export --dataset toy --out {out}/x --train 99999999999", "--train: must be"),
     *(Case(f"evaluate {{h}}/{r} --fast", error) for r, error in RUN_ERRORS.items()),
     Case("evaluate {run} --fast --out {h}/file.txt", "is a file"),
     Case("evaluate {run} --fast --split valid", "unknown split 'valid'"),
-    Case("evaluate {run} --fast --pairs 0", "--pairs must be at least 1"),
+    Case("evaluate {run} --fast --pairs 0", "--pairs: must be from 1 to 1,000,000, got 0"),
     Case("report {h}/run-nope", "run folder not found"),
     Case("report {h}/run-file", "is a file, not a run folder"),
     Case("report {run} --eval-dir {h}/eval-zero", "not valid JSON"),
@@ -286,16 +364,27 @@ CASES = [
     *(Case(f"{TRAIN}--config {{h}}/{name}", error) for name, error in CONFIG_ERRORS.items()),
     Case(TRAIN + "--set train.stage1_steps=many", "train.stage1_steps"),
     Case(TRAIN + "--set train.stage1_steps=-1", "must be >= 0"),
+    # every value is checked when the config is read, before a run folder or a step exists
+    Case(TRAIN + "--set train.lr=-0.001", "config key 'train.lr' must be > 0, got -0.001"),
+    Case(TRAIN + "--set train.stage2_lr=inf", "'train.stage2_lr' must be a finite number"),
+    Case(TRAIN + "--set train.batch_size=0", "train.batch_size must be >= 1"),
+    Case(TRAIN + "--set train.cache_pairs=99999999999999", "'train.cache_pairs' is out of range"),
+    Case(TRAIN + "--set model.autoencoder.widths=[]", "'model.autoencoder.widths' must not be"),
+    Case(TRAIN + "--set model.quantizer.codebook_size=0", "codebook_size' must be > 0"),
+    Case(TRAIN + "--set model.quantizer.decay=2", "'model.quantizer.decay' must be in [0, 1]"),
+    Case(TRAIN + '--set name="a\u0007b"', "'name' contains control characters"),
+    Case(TRAIN + "--set a=" + "[" * 5000, "nested too deeply"),
+    Case(TRAIN + "--dataset sprites --set data.stride=2", "data.stride does not apply"),
     Case(TRAIN + "--stage 3", "argument --stage: invalid choice"),
     *(Case(f"train --resume {{h}}/{r}", error) for r, error in RUN_ERRORS.items()),
     Case("ablate --size enormous --dry-run", "unknown size 'enormous'"),
-    Case("ablate --rhos abc --dry-run", "argument --rhos: invalid float value"),
-    Case("ablate --rhos 0.5 --dry-run", "rho must be"),
+    Case("ablate --rhos abc --dry-run", "argument --rhos: wants a number, got 'abc'"),
+    Case("ablate --rhos 0.5 --dry-run", "argument --rhos: must be from 1 to 1,000,000.0, got 0.5"),
     Case("ablate --set train.stage1_stepz=1 --dry-run", "unknown config key 'train.stage1_stepz'"),
     Case("ablate --set train.stage1_steps=many --dry-run", "train.stage1_steps"),
     Case("ablate --set oops --dry-run", "oops"),
     Case("ablate --out {h}/file.txt --dry-run", "file.txt is a file"),
-    Case("ablate --jobs two --dry-run", "argument --jobs: invalid int value"),
+    Case("ablate --jobs two --dry-run", "argument --jobs: wants a whole number, got 'two'"),
     # the entry points as a user runs them
     Case(retrieve("{h}/truncated.png"), "truncated.png", process=True),
     Case("evaluate {h}/run-tampered --fast", "cannot load weights", process=True),

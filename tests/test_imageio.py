@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +78,22 @@ def test_missing_directory_and_huge_header(tmp_path, rgb):
     (tmp_path / "huge.png").write_bytes(bytes(data))
     with pytest.raises(ImageError, match="huge.png"):
         load_image(tmp_path / "huge.png", 3, (16, 16))
+
+
+def test_float_tiff_with_nan_pixels_loads_without_warnings(tmp_path):
+    """NaN / inf pixels of a float image read as black, and no NumPy warning reaches the user."""
+    array = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    array[0, :4] = [np.nan, np.inf, -np.inf, np.nan]
+    path = tmp_path / "nan.tiff"
+    Image.fromarray(array, mode="F").save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = load_image(path, channels=1, size=(16, 16))
+    assert torch.isfinite(image).all() and image[0, 0, 0] == 0 and image[0, -1, -1] == 1
+
+
+def test_a_named_pipe_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(fifo, channels=3, size=(16, 16))

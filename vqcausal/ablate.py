@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from vqcausal import ablation
-from vqcausal.cli import OneLineParser, add_set_arg
+from vqcausal.cli import MAX_PAIRS, SEED, OneLineParser, add_set_arg, bounded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,15 +19,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", default="smoke", help="smoke (CPU, minutes) | cpu (2-core CPU, ~1 h) | full (GPU)"
     )
     parser.add_argument("--out", help="sweep folder (default: runs/imbalance_ablation-SIZE)")
-    parser.add_argument("--jobs", type=int, help="cells at once (default 2)")
-    parser.add_argument("--threads", type=int, help="torch threads per job (default cores/jobs)")
+    parser.add_argument("--jobs", type=bounded(1, 256), help="cells at once (default 2)")
+    parser.add_argument(
+        "--threads", type=bounded(1, 1024), help="torch threads per job (default cores/jobs)"
+    )
     parser.add_argument("--gpus", help="comma-separated GPU ids, one per job slot, e.g. 0,1")
     parser.add_argument("--datasets", nargs="+", metavar="NAME")
     parser.add_argument("--latents", nargs="+", metavar="NAME", help="vq scm gaussian ladder")
     parser.add_argument("--modes", nargs="+", metavar="MODE", help="actions values held_out")
-    parser.add_argument("--rhos", nargs="+", type=float, metavar="RHO", help="imbalance ratios")
-    parser.add_argument("--ks", nargs="+", type=int, metavar="K", help="held_out: pairs kept")
-    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED")
+    parser.add_argument(
+        "--rhos", nargs="+", type=bounded(1, 1e6, float), metavar="RHO", help="imbalance ratios"
+    )
+    parser.add_argument(
+        "--ks", nargs="+", type=bounded(1, MAX_PAIRS), metavar="K", help="held_out: pairs kept"
+    )
+    parser.add_argument("--seeds", nargs="+", type=SEED, metavar="SEED")
     parser.add_argument(
         "--held-out-action",
         dest="held_out",

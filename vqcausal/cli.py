@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,31 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR)
+
+
+def bounded(low: float, high: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` in [low, high], else one line naming the range.
+
+    Every numeric option has one, so a typo such as ``--steps 1000000000`` fails at once
+    instead of allocating terabytes or running for ever."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"wants {what}, got {text[:40]!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, got {text[:40]}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+SEED = bounded(0, 2**31 - 1)
+#: images or pairs one command may render or score at once
+MAX_PAIRS = 1_000_000
 
 
 def add_set_arg(parser: argparse.ArgumentParser, example: str = "transitions.imbalance=10") -> None:
@@ -79,24 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
     preview = data_commands.add_parser("preview", help="PNG grid of transition pairs")
     add_config_args(preview)
     preview.add_argument("--out", default="preview.png", help="PNG to write")
-    preview.add_argument("--pairs", type=int, default=4, help="pairs per action")
+    preview.add_argument("--pairs", type=bounded(1, 256), default=4, help="pairs per action")
     preview.add_argument("--split", default="train", choices=["train", "test"])
-    preview.add_argument("--scale", type=int, default=2, help="pixel upscaling")
+    preview.add_argument("--scale", type=bounded(1, 16), default=2, help="pixel upscaling")
     preview.set_defaults(handler=_data_preview)
 
     export = data_commands.add_parser("export", help="write transition pairs to safetensors")
     add_config_args(export)
     export.add_argument("--out", required=True, help="new (or empty) export folder")
-    export.add_argument("--train", type=int, default=10_000, help="train pairs")
-    export.add_argument("--test", type=int, default=1_000, help="test pairs")
-    export.add_argument("--shard-size", type=int, default=4096)
+    export.add_argument(
+        "--train", type=bounded(0, 10 * MAX_PAIRS), default=10_000, help="train pairs"
+    )
+    export.add_argument("--test", type=bounded(0, MAX_PAIRS), default=1_000, help="test pairs")
+    export.add_argument("--shard-size", type=bounded(1, 65_536), default=4096)
     export.set_defaults(handler=_data_export)
 
     retrieve = commands.add_parser("retrieve", help="which action turns image a into image b")
     retrieve.add_argument("image_a", help="image file, or a folder of images")
     retrieve.add_argument("image_b", help="image file, or a folder paired with image_a by name")
     add_run_args(retrieve)
-    retrieve.add_argument("--top-k", type=int, default=3, help="how many actions to list")
+    retrieve.add_argument(
+        "--top-k", type=bounded(1, 1000), default=3, help="how many actions to list"
+    )
     retrieve.add_argument(
         "--method", choices=["synthesis", "classifier"], help="retrieval head (default: the run's)"
     )
@@ -117,10 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="e.g. object_hue+ (repeatable: a sequence)",
     )
-    intervene.add_argument("--steps", type=int, default=1, help="apply each action this often")
+    intervene.add_argument(
+        "--steps", type=bounded(1, 100), default=1, help="apply each action this often"
+    )
     add_run_args(intervene)
     intervene.add_argument("--out", default="intervention.png", help="PNG to write")
-    intervene.add_argument("--scale", type=int, default=2, help="pixel upscaling")
+    intervene.add_argument("--scale", type=bounded(1, 16), default=2, help="pixel upscaling")
     intervene.set_defaults(handler=_intervene)
 
     ablate = commands.add_parser(
@@ -150,12 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="folder for metrics.json and figures (default: RUN_DIR/eval)"
     )
     evaluate.add_argument(
-        "--pairs", type=int, help="held-out pairs to evaluate (default 1024; with --fast 128)"
+        "--pairs",
+        type=bounded(1, MAX_PAIRS),
+        help="held-out pairs to evaluate (default 1024; with --fast 128)",
     )
     evaluate.add_argument(
         "--fast", action="store_true", help="small samples and a tiny oracle: a quick smoke check"
     )
-    evaluate.add_argument("--seed", type=int, help="seed of the drawn pairs (default: the run's)")
+    evaluate.add_argument("--seed", type=SEED, help="seed of the drawn pairs (default: the run's)")
     evaluate.add_argument(
         "--no-disentanglement",
         dest="disentanglement",
@@ -215,8 +249,6 @@ def _data_preview(args: argparse.Namespace) -> None:
 
     from vqcausal.viz import labelled_rows, save_png
 
-    if args.pairs < 1 or args.scale < 1:
-        raise VQCausalError("--pairs and --scale must be at least 1")
     config, source, sampler = _source_and_sampler(args)
     generator = torch.Generator().manual_seed(config.seed)
     rows, labels = [], []
@@ -234,8 +266,6 @@ def _data_export(args: argparse.Namespace) -> None:
 
     from vqcausal.data.export import export_pairs
 
-    if args.train < 0 or args.test < 0 or args.shard_size < 1:
-        raise VQCausalError("--train/--test must be >= 0 and --shard-size >= 1")
     config, source, sampler = _source_and_sampler(args)
     counts = {"train": args.train, "test": args.test}
     with Progress(transient=True) as progress:
@@ -254,8 +284,6 @@ def _data_export(args: argparse.Namespace) -> None:
 def _retrieve(args: argparse.Namespace) -> None:
     from vqcausal.inference import open_run, pair_paths, retrieve
 
-    if args.top_k < 1:
-        raise VQCausalError("--top-k must be at least 1")
     pairs = pair_paths(args.image_a, args.image_b)
     model, run_dir = open_run(args.run, args.runs)
     results = retrieve(model, pairs, args.top_k, args.method, precision=args.precision)
@@ -271,8 +299,6 @@ def _intervene(args: argparse.Namespace) -> None:
     from vqcausal.inference import intervene, open_run
     from vqcausal.viz import labelled_rows, save_png
 
-    if args.scale < 1:
-        raise VQCausalError("--scale must be at least 1")
     model, _ = open_run(args.run, args.runs)
     images, labels = intervene(model, Path(args.image), args.action, args.steps)
     path = save_png(labelled_rows([images], [" -> ".join(args.action)], scale=args.scale), args.out)
@@ -346,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("train", "ablate"):
         return _pass_through(argv[0])(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # a bad argument (one line printed) or --help / --version
+        return int(stop.code or 0)
     return run(lambda: args.handler(args))
 
 

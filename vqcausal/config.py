@@ -9,6 +9,8 @@ with a default. Values given with ``--set`` are parsed as TOML literals (``3``, 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 import types
 import typing
@@ -30,6 +32,17 @@ class ConfigError(VQCausalError):
     """A config file or override that does not fit the config schema."""
 
 
+#: the ``[data]`` options each dataset reads (``dataset`` and ``path`` apply to all); setting
+#: another one is refused rather than silently ignored
+DATA_OPTIONS = {
+    "shapes3d": (),
+    "sprites": ("channels",),
+    "pendulum": ("image_size", "stride"),
+    "folder": ("channels", "image_size", "cyclic"),
+    "toy": (),
+}
+
+
 @dataclass
 class DataConfig:
     """Which images: a procedural renderer, or files the user already has (``path``)."""
@@ -40,6 +53,27 @@ class DataConfig:
     channels: int | None = None  # 1 or 3 where the source supports both
     stride: int = 3  # procedural pendulum: every stride-th CausalVAE grid value
     cyclic: list[str] = field(default_factory=list)  # folder: names of cyclic factors
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATA_OPTIONS:
+            raise VQCausalError(
+                f"unknown dataset '{self.dataset}'; choose from {', '.join(DATA_OPTIONS)}"
+            )
+        takes = DATA_OPTIONS[self.dataset]
+        for f in dataclasses.fields(self):
+            if f.name in ("dataset", "path") or f.name in takes:
+                continue
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if getattr(self, f.name) != default:
+                options = ", ".join(("path", *takes))
+                raise VQCausalError(
+                    f"data.{f.name} does not apply to dataset '{self.dataset}' (it reads: "
+                    f"{options})"
+                )
+        if self.channels not in (None, 1, 3):
+            raise VQCausalError(f"data.channels must be 1 or 3, got {self.channels}")
+        if self.image_size is not None and not 8 <= self.image_size <= 1024:
+            raise VQCausalError(f"data.image_size must be in [8, 1024], got {self.image_size}")
 
 
 @dataclass
@@ -124,6 +158,64 @@ class Config:
 T = TypeVar("T")
 
 
+INT_LIMIT = 2**31 - 1  # beyond this an int in a config is damage (it overflows torch's int32)
+MAX_STRING = 4096
+#: numeric keys ("[]": every item of a list) that must be >= 1 (ints) or > 0 (floats); every
+#: other number must be finite and >= 0, except the keys in MIN_BELOW_ZERO
+POSITIVE = frozenset(
+    [
+        "train.lr",
+        "train.stage2_lr",
+        "train.grad_clip",
+        "data.stride",
+        "data.image_size",
+        "model.classifier_hidden",
+        "model.autoencoder.widths[]",
+        "model.autoencoder.embed_dim",
+        "model.autoencoder.encoder_kernel",
+        "model.quantizer.codebook_size",
+        "model.quantizer.codebooks",
+        "model.transition.hidden",
+        "model.transition.heads",
+        "model.transition.update_expansion",
+        "model.gaussian.latent_dim",
+        "model.ladder.latent_dims[]",
+        "model.ladder.hidden",
+        "model.scm.concepts",
+        "model.scm.concept_dim",
+        "model.scm.mask_hidden",
+    ]
+)
+#: keys in [0, 1]
+FRACTIONS = frozenset(
+    ["model.quantizer.decay", "model.transition.mask_threshold", "model.scm.label_fraction"]
+)
+MIN_BELOW_ZERO = {"train.data_workers": -1}
+
+
+def check_number(value: float, key: str) -> None:
+    """The bounds every config number obeys (see POSITIVE, FRACTIONS, MIN_BELOW_ZERO)."""
+    generic = re.sub(r"\[\d+\]", "[]", key)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+    if isinstance(value, int) and abs(value) > INT_LIMIT:
+        raise ConfigError(f"config key '{key}' is out of range ({value:.3g}; at most {INT_LIMIT})")
+    if generic in POSITIVE and value <= 0:
+        raise ConfigError(f"config key '{key}' must be > 0, got {value}")
+    if generic in FRACTIONS and not 0 <= value <= 1:
+        raise ConfigError(f"config key '{key}' must be in [0, 1], got {value}")
+    if value < MIN_BELOW_ZERO.get(generic, 0):
+        least = MIN_BELOW_ZERO.get(generic, 0)
+        raise ConfigError(f"config key '{key}' must be >= {least}, got {value}")
+
+
+def check_string(value: str, key: str) -> None:
+    if len(value) > MAX_STRING:
+        raise ConfigError(f"config key '{key}' is too long ({len(value)} characters)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"config key '{key}' contains control characters: {value[:40]!r}")
+
+
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
@@ -148,15 +240,22 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}' wants a list, got {value!r}")
         (item,) = typing.get_args(hint)
+        if not value and re.sub(r"\[\d+\]", "[]", key) + "[]" in POSITIVE:
+            raise ConfigError(f"config key '{key}' must not be empty")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' wants a table, got {value!r}")
         return from_dict(hint, value, prefix=f"{key}.")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        check_number(value, key)
         return float(value)
     if hint in (bool, int, float, str):
         if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+            if hint in (int, float):
+                check_number(value, key)
+            elif hint is str:
+                check_string(value, key)
             return value
         raise ConfigError(
             f"config key '{key}' wants {_type_name(hint)}, got {type(value).__name__} {value!r}"
@@ -203,6 +302,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise ConfigError(f"override '{key.strip()}' is nested too deeply") from None
     return path, value
 
 
@@ -229,6 +330,8 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"cannot read config file {path}: {err}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

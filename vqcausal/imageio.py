@@ -30,6 +30,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     """16/32-bit integer and float modes -> 8-bit L by scaling their full range."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         array = np.asarray(image, dtype=np.float64)
+        array = np.where(np.isfinite(array), array, 0.0)  # NaN / inf pixels (float TIFF): black
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         if image.mode == "F":
             top = max(float(array.max()), 1.0) if array.max() > 1 else 1.0
@@ -42,6 +43,8 @@ def load_image(path: str | Path, channels: int, size: tuple[int, int]) -> torch.
     path = Path(path)
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, expected an image file")
+    if path.exists() and not path.is_file():  # reading a FIFO would block for ever
+        raise ImageError(f"{path}: not a regular file (a pipe, socket or device?)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

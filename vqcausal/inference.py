@@ -40,6 +40,15 @@ def pair_paths(a: str | Path, b: str | Path) -> list[tuple[Path, Path]]:
     names = sorted(set(files_a) & set(files_b))
     if not names:
         raise VQCausalError(f"no image file names shared by {a} and {b}")
+    alone = [files_a[n] for n in sorted(set(files_a) - set(files_b))]
+    alone += [files_b[n] for n in sorted(set(files_b) - set(files_a))]
+    if alone:
+        shown = ", ".join(str(p) for p in alone[:3]) + (
+            f" and {len(alone) - 3} more" if len(alone) > 3 else ""
+        )
+        raise VQCausalError(
+            f"{len(alone)} image(s) have no partner of the same name in the other folder: {shown}"
+        )
     return [(files_a[n], files_b[n]) for n in names]
 
 

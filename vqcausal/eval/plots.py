@@ -7,7 +7,6 @@ code. Every PNG is written to a temp name and renamed, so readers never see half
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -126,15 +125,10 @@ def _flat_numbers(record: dict) -> dict[str, float]:
 
 
 def _read_records(metrics_jsonl: Path) -> Iterable[dict]:
-    """JSON object lines with a numeric step; anything else (partial writes, junk) is skipped."""
-    with Path(metrics_jsonl).open(errors="replace") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and _number(record.get("step")) is not None:
-                yield record
+    """The usable records (partial writes and junk are skipped with a warning)."""
+    from vqcausal.train.checkpoint import metric_records
+
+    return (record for _, record in metric_records(Path(metrics_jsonl)))
 
 
 def _plot_series(

@@ -9,14 +9,25 @@ A checkpoint is a folder ``checkpoints/step-NNNNNNN/`` holding
 
 It is written under a temporary name and renamed into place, then ``checkpoints/latest``
 is replaced atomically, so a crash at any moment leaves the previous checkpoint intact.
+
+What a run folder guarantees: one writer (training holds ``.lock`` for its whole life; the
+operating system drops the lock when the process dies, however it dies), nothing read or
+written outside the folder (``latest`` holds a checkpoint *name*, never a path, and a name
+that resolves elsewhere is refused), and the last good checkpoint survives kill -9, SIGTERM
+and a full disk.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +40,9 @@ from vqcausal.errors import VQCausalError
 from vqcausal.models.base import CausalImageModel, ModelArgs, ModelConfig, build_model
 
 LATEST = "latest"
+CHECKPOINT_NAME = re.compile(r"step-\d{7,12}")
+LOCK = ".lock"
+MAX_STEP = 2**53  # larger step counts are damaged files, not runs
 #: the training pairs stage 2 learns from, encoded once by the frozen stage-1 model
 LATENT_CACHE = Path("cache") / "stage2_latents.safetensors"
 CACHE_KEYS = ("latents", "actions", "latents_next")
@@ -41,15 +55,33 @@ class CheckpointError(VQCausalError):
 @dataclass
 class Checkpoint:
     path: Path
-    meta: dict
+    meta: dict  # checked by check_meta: step is an int in range, finished a bool
 
     @property
     def step(self) -> int:
-        return int(self.meta["step"])
+        return self.meta["step"]
 
     @property
     def finished(self) -> bool:
-        return bool(self.meta.get("finished", False))
+        return self.meta.get("finished", False)
+
+
+def check_meta(meta: object) -> dict:
+    """The fields every command relies on, with their types: a user-edited ``meta.json``
+    (``"finished": "no"``, a step of 1e400) is refused, not half-read."""
+    if not isinstance(meta, dict):
+        raise TypeError("not a JSON object")
+    step = meta.get("step")
+    if type(step) is not int or not 0 <= step < MAX_STEP:
+        raise TypeError(f"step must be a whole number from 0 to 2^53, got {step!r:.40}")
+    if type(meta.get("finished", False)) is not bool:
+        raise TypeError(f"finished must be true or false, got {meta['finished']!r:.40}")
+    if not isinstance(meta.get("model_args"), dict) or "image_shape" not in meta["model_args"]:
+        raise KeyError("model_args.image_shape")
+    loss = meta.get("last_loss")
+    if loss is not None and not (isinstance(loss, int | float) and not isinstance(loss, bool)):
+        raise TypeError(f"last_loss must be a number, got {loss!r:.40}")
+    return meta
 
 
 def new_run_dir(config: Config) -> Path:
@@ -62,6 +94,28 @@ def new_run_dir(config: Config) -> Path:
         path = base.with_name(f"{base.name}-{n}")
     path.mkdir(parents=True)
     return path
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock while training writes into it; a second writer gets one line.
+
+    filelock takes an OS lock (flock on Unix) on ``RUN/.lock``: the kernel releases it when the
+    process ends in any way, kill -9 included, so a stale lock cannot block a later resume."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(run_dir / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise CheckpointError(
+            f"{run_dir} is in use: another training process holds its lock; wait for it to "
+            "end or stop it, then resume"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -85,11 +139,22 @@ def save_checkpoint(
     tmp = folder / f".tmp-{name}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    if train_state is not None:
-        torch.save(train_state, tmp / "train_state.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    try:
+        tmp.mkdir()
+        save_model(model, str(tmp / "model.safetensors"))
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    except (OSError, RuntimeError, SafetensorError) as err:
+        # torch and safetensors report a full disk as RuntimeError / SafetensorError text
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _disk_full(folder)
+        kept = _pointer(folder) or "none yet"
+        what = "the disk is full" if full else f"{type(err).__name__}: {_first_line(err)}"
+        raise CheckpointError(
+            f"cannot write checkpoint {name} ({what}); the last good checkpoint ({kept}) is "
+            f"kept; free space and resume with `python train.py --resume {run_dir}`"
+        ) from None
     final = folder / name
     if final.exists():
         shutil.rmtree(final)
@@ -97,6 +162,25 @@ def save_checkpoint(
     write_text_atomic(folder / LATEST, name)
     _prune(folder, keep, current=name)
     return final
+
+
+def _disk_full(folder: Path, slack: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < slack
+    except OSError:
+        return False
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:200] if lines else "no detail"
+
+
+def _pointer(folder: Path) -> str | None:
+    try:
+        return (folder / LATEST).read_text(encoding="utf-8", errors="replace")[:64].strip()
+    except OSError:
+        return None
 
 
 def _prune(folder: Path, keep: int, current: str) -> None:
@@ -119,20 +203,31 @@ def latest_checkpoint(run_dir: str | Path) -> Checkpoint:
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     pointer = run_dir / "checkpoints" / LATEST
-    try:
-        name = pointer.read_text().strip()
-    except OSError:
+    if not pointer.is_file():
+        raise CheckpointError(f"{run_dir}: no checkpoint yet (is it a vqcausal run folder?)")
+    name = _pointer(pointer.parent) or ""
+    if not CHECKPOINT_NAME.fullmatch(name):
         raise CheckpointError(
-            f"{run_dir}: no checkpoint yet (is it a vqcausal run folder?)"
-        ) from None
+            f"{pointer}: {name[:40]!r} is not a checkpoint name (step-NNNNNNN); a run folder "
+            "points only at its own checkpoints"
+        )
     path = run_dir / "checkpoints" / name
+    if path.is_symlink() or not path.resolve().is_relative_to(run_dir.resolve()):
+        raise CheckpointError(f"{path} leads outside the run folder {run_dir}; refused")
     try:
-        meta = json.loads((path / "meta.json").read_text())
-        int(meta["step"])
-        meta["model_args"]["image_shape"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: damaged checkpoint description ({err})") from None
+        with (path / "meta.json").open(encoding="utf-8") as f:
+            meta = check_meta(json.load(f, parse_constant=_no_constant))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as err:
+        raise CheckpointError(
+            f"{path}: damaged checkpoint description ({_first_line(err)})"
+        ) from None
     return Checkpoint(path, meta)
+
+
+def _no_constant(name: str) -> None:
+    """NaN / Infinity in a user-editable JSON file read as null: a field that must be a
+    number then fails its type check with one line (an unset ``last_loss`` stays unset)."""
+    return None
 
 
 #: model config keys whose default changed the network's shape, with the value that rebuilds
@@ -213,6 +308,27 @@ def load_train_state(ckpt: Checkpoint) -> dict | None:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a damaged file
         raise CheckpointError(f"{path}: cannot read training state ({err})") from None
+
+
+def metric_records(path: Path, warn: bool = True) -> Iterator[tuple[str, dict]]:
+    """(line, record) of each usable line of a ``metrics.jsonl``: a JSON object whose step is a
+    whole number in range. The file is user-editable and a crash can cut its last line, so
+    anything else (junk, binary, NaN or string steps) is skipped, with one warning line."""
+    skipped = 0
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            try:
+                record = json.loads(line, parse_constant=_no_constant)
+            except (ValueError, RecursionError):
+                record = None
+            step = record.get("step") if isinstance(record, dict) else None
+            if type(step) is int and 0 <= step < MAX_STEP:
+                yield line, record
+            elif line.strip():
+                skipped += 1
+    if skipped and warn:
+        print(f"warning: {path}: skipped {skipped} damaged line(s)", file=sys.stderr)
 
 
 def read_latent_cache(run_dir: str | Path) -> dict[str, torch.Tensor] | None:

@@ -34,6 +34,7 @@ from vqcausal.train.checkpoint import (
     LATENT_CACHE,
     Checkpoint,
     load_train_state,
+    metric_records,
     read_latent_cache,
     save_checkpoint,
     write_text_atomic,
@@ -145,14 +146,7 @@ class Trainer:
         records of steps that will be trained again) and a half-written last line."""
         if not self.metrics_path.exists():
             return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("step", 0) <= step:
-                kept.append(line)
+        kept = [line for line, r in metric_records(self.metrics_path) if r["step"] <= step]
         write_text_atomic(self.metrics_path, "".join(f"{line}\n" for line in kept))
 
     def log(self, record: dict) -> None:
@@ -170,7 +164,7 @@ class Trainer:
             "model_args": self.model.args.to_dict(),
             "config": to_dict(self.config),
             "data": self.source.describe(),
-            "last_loss": self.last_loss,
+            "last_loss": self.last_loss if math.isfinite(self.last_loss) else None,
             "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
 

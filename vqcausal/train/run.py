@@ -12,7 +12,12 @@ checkpoint of a run with the run's own config (``--set train.*`` may extend the 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import signal
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import tomli_w
 
@@ -27,6 +32,7 @@ from vqcausal.train.checkpoint import (
     load_weights,
     model_args_from_meta,
     new_run_dir,
+    run_lock,
     write_text_atomic,
 )
 
@@ -99,7 +105,7 @@ def _build(args: argparse.Namespace):
 
     accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
     if resume is not None:
-        run_dir = resume.path.parent.parent
+        run_dir = Path(args.resume)  # latest_checkpoint checked that the checkpoint is inside
     elif accelerator.is_main_process:
         run_dir = new_run_dir(config)
         write_text_atomic(run_dir / "config.toml", config_toml(config))
@@ -112,14 +118,48 @@ def _build(args: argparse.Namespace):
     return config, source, model, run_dir, accelerator, resume
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (schedulers, ``timeout``, ``docker stop``, ``kill``) stops training as Ctrl-C
+    does: a checkpoint and the resume command, instead of a silent death."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def disk_full_is_resumable(run_dir: Path) -> Iterator[None]:
+    """A full disk anywhere in training (the log, figures, the cache) is one line with the way
+    back; checkpoints say the same themselves (``save_checkpoint``)."""
+    from vqcausal.train.loop import TrainingError
+
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise TrainingError(
+            f"the disk is full (writing {err.filename or 'a file'}); the last good checkpoint "
+            f"is kept; free space and resume with `python train.py --resume {run_dir}`"
+        ) from None
+
+
 def _train(args: argparse.Namespace) -> None:
     from vqcausal.train.loop import Trainer
 
     config, source, model, run_dir, accelerator, resume = _build(args)
-    if accelerator.is_main_process:
-        print(f"run folder: {run_dir}")
-    trainer = Trainer(config, source, model, run_dir, accelerator, resume)
-    trainer.run(STAGES[args.stage])
+    lock = run_lock(run_dir) if accelerator.is_main_process else contextlib.nullcontext()
+    with lock, sigterm_as_interrupt(), disk_full_is_resumable(run_dir):
+        if accelerator.is_main_process:
+            print(f"run folder: {run_dir}")
+        trainer = Trainer(config, source, model, run_dir, accelerator, resume)
+        trainer.run(STAGES[args.stage])
     if accelerator.is_main_process:
         state = "finished" if trainer.step >= trainer.total_steps else "stopped"
         print(f"{state} at step {trainer.step}; run folder: {run_dir}")
