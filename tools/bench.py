@@ -22,7 +22,6 @@ as long.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -32,6 +31,7 @@ import bench_scaling
 import torch
 
 from vqcausal.benchmarking import PEAK_MB_TARGET, SETTINGS, console, rates_table, write_report
+from vqcausal.cli import OneLineParser, bounded
 
 BENCHES = {**bench_data.BENCHES, **bench_model.BENCHES}
 TARGET_SOURCES = {
@@ -42,15 +42,21 @@ TARGET_SOURCES = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run for the tests")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="no", choices=["no", "bf16"])
-    parser.add_argument("--repeats", type=int, help="timed runs per rate (default 5; quick 2)")
-    parser.add_argument("--batch", type=int, help="model batch (default 16, the official one)")
-    parser.add_argument("--data-batch", type=int, help="data batch (default 256)")
     parser.add_argument(
-        "--threads", type=int, help="model and scaling threads (default: one per core; quick: 1)"
+        "--repeats", type=bounded(1, 1000), help="timed runs per rate (default 5; quick 2)"
+    )
+    parser.add_argument(
+        "--batch", type=bounded(1, 65_536), help="model batch (default 16, the official one)"
+    )
+    parser.add_argument("--data-batch", type=bounded(1, 65_536), help="data batch (default 256)")
+    parser.add_argument(
+        "--threads",
+        type=bounded(1, 1024),
+        help="model and scaling threads (default: one per core; quick: 1)",
     )
     parser.add_argument(
         "--compile-backend", help="torch.compile backend (default inductor; quick: aot_eager)"

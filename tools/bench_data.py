@@ -9,8 +9,6 @@ Goal (issue 2): >= 2,000 64x64 images/s for shapes3d and sprites on one core.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +21,7 @@ from vqcausal.benchmarking import (
     spread,
     write_report,
 )
+from vqcausal.cli import OneLineParser, bounded
 from vqcausal.config import DataConfig
 from vqcausal.data.registry import load_source
 from vqcausal.data.source import GroundTruthSource
@@ -100,10 +99,10 @@ def run(datasets: list[str], batch: int, repeats: int, threads: int = 1) -> list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=bounded(1, 65_536), default=256)
+    parser.add_argument("--repeats", type=bounded(1, 1000), default=5)
+    parser.add_argument("--threads", type=bounded(1, 1024), default=1)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--out", default="bench_results/bench_data.json")
     args = parser.parse_args()

@@ -18,7 +18,6 @@ quantizer stays in fp32), and ``retrieve_codes_compiled`` uses torch.compile as 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
@@ -34,6 +33,7 @@ from vqcausal.benchmarking import (
     spread,
     write_report,
 )
+from vqcausal.cli import OneLineParser, bounded
 
 BENCHES = {
     "stage1_train": ("images/s", "VQ-VAE step (encode, quantize, decode, backward)"),
@@ -173,11 +173,11 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--benches", nargs="+", default=list(BENCHES), choices=list(BENCHES))
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=bounded(1, 65_536), default=16)
+    parser.add_argument("--repeats", type=bounded(1, 1000), default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--out", default="bench_results/bench_model.json")

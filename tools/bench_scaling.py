@@ -11,13 +11,12 @@ CT-VAE setting, varying A in 4..40 at N = 64 and N in 16..256 (image 32..128 px)
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from vqcausal.benchmarking import median_rate, setting_config, spread, write_report
+from vqcausal.cli import OneLineParser, bounded
 from vqcausal.models.base import ModelArgs, build_model
 
 ACTIONS = (4, 8, 12, 20, 40)
@@ -82,10 +81,10 @@ def scaling_table(rows: list[dict], title: str) -> Table:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=bounded(1, 65_536), default=16)
+    parser.add_argument("--repeats", type=bounded(1, 1000), default=5)
     parser.add_argument("--out", default="bench_results/bench_scaling.json")
     args = parser.parse_args()
 
