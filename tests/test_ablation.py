@@ -182,7 +182,14 @@ def fake_metrics(
             "classifier": {**report, "balanced_accuracy": classifier},
         },
         "reconstruction": {"mse": 0.01, "psnr": 30.0},
-        "counterfactual": {"psnr": psnr, "ssim": 0.9, "atomicity": 0.25, "oracle_accuracy": 1.0},
+        "counterfactual": {
+            "psnr": psnr,
+            "ssim": 0.9,
+            "atomicity": 0.25,
+            "oracle_accuracy": 1.0,
+            # per-action atomicity: half the action's retrieval accuracy (a known answer)
+            "per_action": {n: {"atomicity": a / 2} for n, a in per_action.items()},
+        },
     }
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
     (run_dir / "eval" / "metrics.json").write_text(json.dumps(metrics))
@@ -369,6 +376,8 @@ def test_aggregation_means_stds_rarest_action_and_files(tmp_path):
     assert {r.rarest_action for r in vq10} == {"hue-"}  # the last action is the rarest
     assert sorted(r.rarest_accuracy for r in vq10) == pytest.approx([0.0, 0.1, 0.2])
     assert sorted(r.rarest_test_pairs for r in vq10) == [3, 4, 5]
+    assert sorted(r.rarest_atomicity for r in vq10) == pytest.approx([0.0, 0.05, 0.1])
+    assert [r.common_atomicity for r in vq10] == pytest.approx([(1.0 + 0.9 + 0.8) / 6] * 3)
     freqs = vq10[0].frequencies
     assert freqs["position+"] / freqs["hue-"] == pytest.approx(10.0)
     assert vq10[0].rarest_frequency == pytest.approx(min(freqs.values()))
@@ -469,7 +478,8 @@ def test_one_tiny_cell_end_to_end(tmp_path):
 
     (row,) = ablation.collect(tmp_path)
     assert row.cell == "toy-vq-actions-rho10-s0" and row.rarest_action == "hue-"
-    for value in (row.balanced_accuracy, row.classifier_balanced_accuracy, row.atomicity):
+    measured = (row.balanced_accuracy, row.classifier_balanced_accuracy, row.atomicity)
+    for value in (*measured, row.rarest_atomicity, row.common_atomicity):
         assert 0.0 <= value <= 1.0
     assert row.counterfactual_psnr > 5 and row.rarest_test_pairs > 0
     files = ablation.write_results(tmp_path)

@@ -914,6 +914,10 @@ class Row:
     classifier_rarest_accuracy: float | None
     counterfactual_psnr: float | None
     atomicity: float | None
+    # atomicity of the rarest action's counterfactuals, and the mean over the other actions:
+    # a rare action is kept when the two are close
+    rarest_atomicity: float | None
+    common_atomicity: float | None
     oracle_accuracy: float | None  # how far atomicity can be trusted
     recon_psnr: float | None
     run: str
@@ -1010,6 +1014,8 @@ def row_of(cell: Cell, run_dir: Path) -> Row:
     per_action = {n: _num(_get(synthesis, "per_action", n)) for n in names}
     classifier_per_action = {n: _num(_get(classifier, "per_action", n)) for n in names}
     test_pairs = _test_pairs(synthesis, names)
+    atomic = {n: _num(_get(metrics, "counterfactual", "per_action", n, "atomicity")) for n in names}
+    others = [v for n, v in atomic.items() if n != rarest and v is not None]
     return Row(
         cell=cell.name,
         dataset=cell.dataset,
@@ -1028,6 +1034,8 @@ def row_of(cell: Cell, run_dir: Path) -> Row:
         classifier_rarest_accuracy=classifier_per_action.get(rarest),
         counterfactual_psnr=_num(_get(metrics, "counterfactual", "psnr")),
         atomicity=_num(_get(metrics, "counterfactual", "atomicity")),
+        rarest_atomicity=atomic.get(rarest),
+        common_atomicity=statistics.fmean(others) if others else None,
         oracle_accuracy=_num(_get(metrics, "counterfactual", "oracle_accuracy")),
         recon_psnr=_num(_get(metrics, "reconstruction", "psnr")),
         run=run_dir.name,
@@ -1066,6 +1074,8 @@ SUMMARY_METRICS: tuple[tuple[str, str, int], ...] = (
     ("classifier_rarest_accuracy", "rarest-action acc. (classifier)", 3),
     ("counterfactual_psnr", "CF PSNR", 1),
     ("atomicity", "atomicity", 3),
+    ("rarest_atomicity", "rarest-action atomicity", 3),
+    ("common_atomicity", "other actions' atomicity", 3),
 )
 
 
