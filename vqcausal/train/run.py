@@ -16,6 +16,7 @@ import contextlib
 import errno
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,6 +127,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (training inside a worker thread)
+        return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
