@@ -193,9 +193,14 @@ FRACTIONS = frozenset(
 MIN_BELOW_ZERO = {"train.data_workers": -1}
 
 
+def _generic_key(key: str) -> str:
+    """``a.b[3]`` -> ``a.b[]``: list items share their list's bounds."""
+    return re.sub(r"\[\d+\]", "[]", key)
+
+
 def check_number(value: float, key: str) -> None:
     """The bounds every config number obeys (see POSITIVE, FRACTIONS, MIN_BELOW_ZERO)."""
-    generic = re.sub(r"\[\d+\]", "[]", key)
+    generic = _generic_key(key)
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
     if isinstance(value, int) and abs(value) > INT_LIMIT:
@@ -204,8 +209,8 @@ def check_number(value: float, key: str) -> None:
         raise ConfigError(f"config key '{key}' must be > 0, got {value}")
     if generic in FRACTIONS and not 0 <= value <= 1:
         raise ConfigError(f"config key '{key}' must be in [0, 1], got {value}")
-    if value < MIN_BELOW_ZERO.get(generic, 0):
-        least = MIN_BELOW_ZERO.get(generic, 0)
+    least = MIN_BELOW_ZERO.get(generic, 0)
+    if value < least:
         raise ConfigError(f"config key '{key}' must be >= {least}, got {value}")
 
 
@@ -240,7 +245,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}' wants a list, got {value!r}")
         (item,) = typing.get_args(hint)
-        if not value and re.sub(r"\[\d+\]", "[]", key) + "[]" in POSITIVE:
+        if not value and _generic_key(key) + "[]" in POSITIVE:
             raise ConfigError(f"config key '{key}' must not be empty")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(hint):

@@ -43,6 +43,7 @@ LATEST = "latest"
 CHECKPOINT_NAME = re.compile(r"step-\d{7,12}")
 LOCK = ".lock"
 MAX_STEP = 2**53  # larger step counts are damaged files, not runs
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 #: the training pairs stage 2 learns from, encoded once by the frozen stage-1 model
 LATENT_CACHE = Path("cache") / "stage2_latents.safetensors"
 CACHE_KEYS = ("latents", "actions", "latents_next")
@@ -66,13 +67,21 @@ class Checkpoint:
         return self.meta.get("finished", False)
 
 
+def _valid_step(value: object) -> bool:
+    return type(value) is int and 0 <= value < MAX_STEP
+
+
+def resume_hint(run_dir: Path) -> str:
+    return f"resume with `python train.py --resume {run_dir}`"
+
+
 def check_meta(meta: object) -> dict:
     """The fields every command relies on, with their types: a user-edited ``meta.json``
     (``"finished": "no"``, a step of 1e400) is refused, not half-read."""
     if not isinstance(meta, dict):
         raise TypeError("not a JSON object")
     step = meta.get("step")
-    if type(step) is not int or not 0 <= step < MAX_STEP:
+    if not _valid_step(step):
         raise TypeError(f"step must be a whole number from 0 to 2^53, got {step!r:.40}")
     if type(meta.get("finished", False)) is not bool:
         raise TypeError(f"finished must be true or false, got {meta['finished']!r:.40}")
@@ -148,12 +157,12 @@ def save_checkpoint(
     except (OSError, RuntimeError, SafetensorError) as err:
         # torch and safetensors report a full disk as RuntimeError / SafetensorError text
         shutil.rmtree(tmp, ignore_errors=True)
-        full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _disk_full(folder)
+        full = getattr(err, "errno", None) in DISK_FULL or _disk_full(folder)
         kept = _pointer(folder) or "none yet"
         what = "the disk is full" if full else f"{type(err).__name__}: {_first_line(err)}"
         raise CheckpointError(
             f"cannot write checkpoint {name} ({what}); the last good checkpoint ({kept}) is "
-            f"kept; free space and resume with `python train.py --resume {run_dir}`"
+            f"kept; free space and {resume_hint(run_dir)}"
         ) from None
     final = folder / name
     if final.exists():
@@ -310,7 +319,7 @@ def load_train_state(ckpt: Checkpoint) -> dict | None:
         raise CheckpointError(f"{path}: cannot read training state ({err})") from None
 
 
-def metric_records(path: Path, warn: bool = True) -> Iterator[tuple[str, dict]]:
+def metric_records(path: Path) -> Iterator[tuple[str, dict]]:
     """(line, record) of each usable line of a ``metrics.jsonl``: a JSON object whose step is a
     whole number in range. The file is user-editable and a crash can cut its last line, so
     anything else (junk, binary, NaN or string steps) is skipped, with one warning line."""
@@ -322,12 +331,11 @@ def metric_records(path: Path, warn: bool = True) -> Iterator[tuple[str, dict]]:
                 record = json.loads(line, parse_constant=_no_constant)
             except (ValueError, RecursionError):
                 record = None
-            step = record.get("step") if isinstance(record, dict) else None
-            if type(step) is int and 0 <= step < MAX_STEP:
+            if isinstance(record, dict) and _valid_step(record.get("step")):
                 yield line, record
             elif line.strip():
                 skipped += 1
-    if skipped and warn:
+    if skipped:
         print(f"warning: {path}: skipped {skipped} damaged line(s)", file=sys.stderr)
 
 

@@ -36,6 +36,7 @@ from vqcausal.train.checkpoint import (
     load_train_state,
     metric_records,
     read_latent_cache,
+    resume_hint,
     save_checkpoint,
     write_text_atomic,
 )
@@ -389,8 +390,8 @@ class Trainer:
             except KeyboardInterrupt:
                 self.checkpoint(optimizer, finished=False)
                 raise Interrupted(
-                    f"interrupted at step {self.step}; checkpoint saved; resume with "
-                    f"`python train.py --resume {self.run_dir}`"
+                    f"interrupted at step {self.step}; checkpoint saved; "
+                    + resume_hint(self.run_dir)
                 ) from None
 
     # ---- evaluation -----------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import signal
 import sys
 import threading
@@ -28,11 +27,13 @@ from vqcausal.data.registry import load_source
 from vqcausal.data.source import ConceptScaler
 from vqcausal.data.transitions import TransitionSampler, action_concept_steps
 from vqcausal.train.checkpoint import (
+    DISK_FULL,
     config_from_meta,
     latest_checkpoint,
     load_weights,
     model_args_from_meta,
     new_run_dir,
+    resume_hint,
     run_lock,
     write_text_atomic,
 )
@@ -146,11 +147,11 @@ def disk_full_is_resumable(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno not in DISK_FULL:
             raise
         raise TrainingError(
             f"the disk is full (writing {err.filename or 'a file'}); the last good checkpoint "
-            f"is kept; free space and resume with `python train.py --resume {run_dir}`"
+            f"is kept; free space and {resume_hint(run_dir)}"
         ) from None
 
 
