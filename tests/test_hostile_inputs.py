@@ -158,6 +158,11 @@ def step_nan(run: Path) -> None:
     meta_path.write_text(re.sub(r'"step": \d+', '"step": NaN', meta_path.read_text(), count=1))
 
 
+def truncated_cache(run: Path) -> None:
+    cache = run / "cache" / "stage2_latents.safetensors"
+    cache.write_bytes(cache.read_bytes()[:100])
+
+
 def meta_deep(run: Path) -> None:
     (latest_checkpoint(run).path / "meta.json").write_text("[" * 100_000)
 
@@ -177,6 +182,7 @@ def _runs(folder: Path, run: Path) -> None:
         ("run-step-huge", lambda r: _edit_meta(r, step=10**30)),
         ("run-step-nan", step_nan),
         ("run-meta-deep", meta_deep),
+        ("run-cache", truncated_cache),
     ]
     for name, tamper in tampers:
         shutil.copytree(run, folder / name, ignore=shutil.ignore_patterns("eval"))
@@ -335,6 +341,7 @@ CASES = [
     Case("data export --dataset toy --out {out}/x --train 99999999999", "--train: must be"),
     *(Case(f"evaluate {{h}}/{r} --fast", error) for r, error in RUN_ERRORS.items()),
     Case("evaluate {run} --fast --out {h}/file.txt", "is a file"),
+    Case("evaluate {h}/run-cache --fast", "damaged stage-2 cache"),
     Case("evaluate {run} --fast --split valid", "unknown split 'valid'"),
     Case("evaluate {run} --fast --pairs 0", "--pairs: must be from 1 to 1,000,000, got 0"),
     Case("report {h}/run-nope", "run folder not found"),

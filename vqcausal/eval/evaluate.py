@@ -84,6 +84,8 @@ class Inputs:
     seed: int
     fast: bool
     transitions: Transitions
+    # the stage-2 training pairs as latents, for the transition's fit (None without a cache)
+    training_cache: dict[str, torch.Tensor] | None
 
 
 def prepare(
@@ -96,7 +98,7 @@ def prepare(
 ) -> Inputs:
     """Load and check the run, its data and the options; writes nothing."""
     from vqcausal.data.registry import load_source
-    from vqcausal.train.checkpoint import config_from_meta, load_model_from_run
+    from vqcausal.train.checkpoint import config_from_meta, load_model_from_run, read_latent_cache
 
     if split not in SPLITS:
         raise EvaluationError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
@@ -128,8 +130,20 @@ def prepare(
     seed = config.seed if seed is None else int(seed)
     n = pairs if pairs is not None else (FAST_PAIRS if fast else DEFAULT_PAIRS)
     transitions = sampler.sample(n, split, torch.Generator().manual_seed(seed + PAIR_SEED_OFFSET))
+    cache = read_latent_cache(run_dir)
     return Inputs(
-        run_dir, out_dir, model, ckpt, config, source, sampler, split, seed, fast, transitions
+        run_dir,
+        out_dir,
+        model,
+        ckpt,
+        config,
+        source,
+        sampler,
+        split,
+        seed,
+        fast,
+        transitions,
+        cache,
     )
 
 
@@ -497,7 +511,7 @@ def run_evaluation(
     from vqcausal.eval.counterfactual import counterfactual_section, training_fit
     from vqcausal.eval.disentanglement import DisentanglementSettings
     from vqcausal.eval.oracle import OracleSettings, load_or_train_oracle
-    from vqcausal.train.checkpoint import read_latent_cache, write_text_atomic
+    from vqcausal.train.checkpoint import write_text_atomic
 
     status = status or _nothing
     model, source, sampler, t = inputs.model, inputs.source, inputs.sampler, inputs.transitions
@@ -549,8 +563,8 @@ def run_evaluation(
     lap("oracle")
     with status("counterfactuals"):
         counterfactual = counterfactual_section(model, pairs, t, oracle, oracle_info, source.space)
-        cache = read_latent_cache(inputs.run_dir) if "codes" in counterfactual else None
-        if cache is not None:  # over- or underfitting: the same code figures on training pairs
+        cache = inputs.training_cache
+        if cache is not None and "codes" in counterfactual:  # fit: the same on training pairs
             counterfactual["codes_training"] = training_fit(model, cache, len(t))
     lap("counterfactual")
     represent = Representation(model, render)

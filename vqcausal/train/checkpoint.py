@@ -344,8 +344,18 @@ def read_latent_cache(run_dir: str | Path) -> dict[str, torch.Tensor] | None:
     path = Path(run_dir) / LATENT_CACHE
     if not path.exists():
         return None
-    data = load_file(str(path))
-    return {k: data[k] for k in CACHE_KEYS}
+    try:
+        data = load_file(str(path))
+        cache = {k: data[k] for k in CACHE_KEYS}
+    except (OSError, SafetensorError, KeyError) as err:
+        raise CheckpointError(
+            f"{path}: damaged stage-2 cache ({_first_line(err)}); delete it (training "
+            "re-encodes it)"
+        ) from None
+    rows = {len(v) for v in cache.values()}
+    if len(rows) != 1 or cache["latents"].shape != cache["latents_next"].shape:
+        raise CheckpointError(f"{path}: damaged stage-2 cache (its tensors do not pair up)")
+    return cache
 
 
 def config_from_meta(meta: dict) -> Config:
