@@ -7,7 +7,7 @@ Modes: ``actions`` (action frequencies 1 .. 1/rho), ``values`` (every factor's v
 is :mod:`vqcausal.ablation`.
 
     python tasks/imbalance_ablation.py --size smoke                  # 2-core CPU: ~14 min
-    python tasks/imbalance_ablation.py --size cpu                    # 2-core CPU: ~1 h
+    python tasks/imbalance_ablation.py --size cpu                    # 2-core CPU: ~8 h
     python tasks/imbalance_ablation.py --size full                   # the study, on a GPU
     python tasks/imbalance_ablation.py --size full --modes actions --latents vq gaussian
     python tasks/imbalance_ablation.py --size full --gpus 0,1,2,3 --jobs 8   # 2 jobs per GPU
@@ -26,9 +26,14 @@ most of an hour: use a GPU. Each job gets cores / jobs torch threads; on a machi
 other work keeps busy, ``--threads 1`` is safer (a toy cell once ran 6x slower with two
 threads than with one while other processes loaded both cores).
 
-``cpu`` is the largest grid a 2-core CPU finishes in about an hour: the claim's own cells
-(shapes3d, rho = 100, ``vq`` against ``gaussian`` and ``ladder``, one seed) with the default
-model at half its steps (3000 + 1500), three cells side by side with one thread each.
+``cpu`` is the claim at the size a 2-core CPU trains (the grid of issue 14): shapes3d, ``vq``
+against ``gaussian`` and ``ladder``, ``actions`` at rho 1, 10, 100 and ``held_out`` at k = 16,
+seeds 0, 1, 2 (36 cells), the default model at half its steps (3000 + 2000), two cells side
+by side with one thread each. A ``vq`` cell takes ~25 min that way (estimated from its parts:
+stage 2 measured at 2.5-3 steps/s, ~12 min; evaluation ~2 min with its oracle trained; stage 1
+~10 min), a baseline cell about half: some 8 hours for the grid, so
+run it overnight or on a GPU (``--set train.mixed_precision=bf16``), or one axis at a time
+(``--seeds 0 --rhos 1 100``).
 
 Stage 2 of every cell samples its cached pairs balanced by action and also trains on every
 pair reversed (``train.balance_actions``, ``train.reverse_pairs``, both on by default): a

@@ -49,15 +49,18 @@ def test_smoke_plan_is_the_small_grid():
     assert config.transitions.imbalance == 100.0 and config.model.latent == "vq"
 
 
-def test_cpu_plan_is_the_claim_at_rho_100_with_the_default_model():
+def test_cpu_plan_is_the_issue_grid_with_the_default_model():
     cells = ablation.plan("cpu")
-    assert [c.name for c in cells] == [
-        f"shapes3d-{latent}-actions-rho100-s0" for latent in ("vq", "gaussian", "ladder")
-    ]
-    config = resolved(cells[0])
+    latents = ("vq", "gaussian", "ladder")
+    per_seed = [f"shapes3d-{lat}-actions-rho{rho}" for rho in (1, 10, 100) for lat in latents]
+    per_seed += [f"shapes3d-{lat}-held_out-k16" for lat in latents]
+    assert [c.name for c in cells] == [f"{n}-s{s}" for s in (0, 1, 2) for n in per_seed]
+    config = resolved(cells[2 * 3])  # vq at rho 100, seed 0
     assert config.model.autoencoder.widths == [32, 64, 128]  # configs/shapes3d.toml
-    assert (config.train.stage1_steps, config.train.stage2_steps) == (3000, 1500)
-    assert config.transitions.imbalance == 100.0
+    assert (config.train.stage1_steps, config.train.stage2_steps) == (3000, 2000)
+    assert config.transitions.imbalance == 100.0 and config.model.latent == "vq"
+    held = resolved(cells[9])
+    assert (held.transitions.rare_action, held.transitions.rare_examples) == ("object_hue+", 16)
 
 
 def test_full_plan_counts_names_and_seed_major_order():

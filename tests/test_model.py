@@ -101,3 +101,34 @@ def test_every_shipped_config_builds_its_model(path):
     model = build_model(args)
     x = torch.rand(2, *source.image_shape)
     assert model.decode_latent(model.encode(x)).shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "options, present, absent",
+    [
+        ([], set(), {"cycle_pairs", "cycle", "classifier_counterfactual"}),
+        (["model.transition.w_cycle=1.0"], {"cycle_pairs", "cycle"}, {"classifier_counterfactual"}),
+        (
+            ["model.classifier_counterfactuals=1.0"],
+            {"cycle_pairs", "classifier_counterfactual"},
+            {"cycle"},
+        ),
+    ],
+    ids=["plain", "back-translation", "classifier-on-counterfactuals"],
+)
+def test_stage2_objective_adds_the_counterfactual_terms_it_is_asked_for(options, present, absent):
+    config = load_config("configs/smoke.toml", options)
+    torch.manual_seed(0)
+    model = CausalVQVAE(ModelArgs([3, 16, 16], ACTIONS, config.model)).train()
+    objective = model.stage2_objective()
+    n = model.args.num_variables
+    codes = torch.randint(0, config.model.quantizer.codebook_size, (64, n))
+    batch = {"latents": codes, "actions": torch.randint(0, 4, (64,)), "latents_next": codes.flip(0)}
+    terms, _ = objective(batch)
+    assert present <= set(terms) and not absent & set(terms)
+    base = terms["total"] - sum(terms[k] for k in ("code", "identity", "retrieval", "classifier"))
+    extra = sum(terms.get(k, 0.0) for k in ("cycle", "classifier_counterfactual"))
+    sparsity = 0.01 * (terms["mask"] + terms["graph"])  # the default w_mask and w_graph
+    assert torch.allclose(base, extra + sparsity, atol=1e-5)
+    terms["total"].backward()
+    assert all(p.grad is not None for p in model.classifier.parameters())

@@ -41,6 +41,11 @@ class ModelConfig:
     scm: SCMConfig = field(default_factory=SCMConfig)
     classifier_hidden: int = 64
     classifier_layers: int = 2  # transformer layers across variables in the classifier head
+    # weight of the classifier's CE on the transition's own counterfactuals (z, T(z, a)) -> a
+    # for actions drawn uniformly on the batch's images: a rare action gets as many
+    # (synthetic) examples as a common one (the pairs ``transition.back_translated`` keeps,
+    # both ways round); 0 trains the classifier on the real pairs alone
+    classifier_counterfactuals: float = 0.0
     retrieval: str = "synthesis"  # default retrieval head: synthesis | classifier
 
 

@@ -44,13 +44,35 @@ class TransitionObjective(nn.Module):
     def __init__(self, model: CausalVQVAE) -> None:
         super().__init__()
         self.transition, self.classifier = model.transition, model.classifier
+        self.w_cycle = model.args.model.transition.w_cycle
+        self.w_counterfactuals = model.args.model.classifier_counterfactuals
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict, dict[str, float]]:
         codes, actions, codes_next = batch["latents"], batch["actions"], batch["latents_next"]
         terms = dict(self.transition.losses(codes, actions, codes_next))
         terms["classifier"] = F.cross_entropy(self.classifier(codes, codes_next), actions)
         terms["total"] = terms["total"] + terms["classifier"]
+        if self.w_cycle > 0 or self.w_counterfactuals > 0:
+            self._counterfactual_pairs(codes, terms)
         return terms, {}
+
+    def _counterfactual_pairs(self, codes: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Adds the terms on the transition's own counterfactuals to ``terms``: the
+        back-translated pairs (``transition.w_cycle``) and the classifier's CE on them in both
+        directions (``classifier_counterfactuals``)."""
+        cf, inverse, targets, drawn = self.transition.back_translated(codes)
+        terms["cycle_pairs"] = codes.new_tensor(len(cf) / len(codes), dtype=torch.float32)
+        if len(cf) == 0:
+            return
+        if self.w_cycle > 0:
+            cycle = self.transition.losses(cf, inverse, targets, weigh_changed=False)
+            terms["cycle"] = cycle["total"]
+            terms["total"] = terms["total"] + self.w_cycle * cycle["total"]
+        if self.w_counterfactuals > 0:
+            both = self.classifier(torch.cat([targets, cf]), torch.cat([cf, targets]))
+            ce = F.cross_entropy(both, torch.cat([drawn, inverse]))
+            terms["classifier_counterfactual"] = ce
+            terms["total"] = terms["total"] + self.w_counterfactuals * ce
 
 
 class CausalVQVAE(CausalImageModel):

@@ -69,6 +69,12 @@ class TransitionModelConfig:
     # random others up to this many (0: all A). Training cost is linear in the slots, so fewer
     # buys more steps; the inverse is always among them, as it is the hardest negative
     train_slots: int = 4
+    # back-translation (cycle consistency on unpaired codes): every step, each source code grid
+    # of the batch gets an action drawn uniformly, the model's own counterfactual c = T(z, a)
+    # (argmax, no gradient), and the pair (c, inverse(a), z) is trained like a real one with
+    # this weight: its target z is a real code grid, so a rare action learns to *undo* on as
+    # many images as a common one, from its opposite's predictions (see ``back_translated``)
+    w_cycle: float = 0.0
 
 
 @dataclass
@@ -267,6 +273,11 @@ class CausalTransition(nn.Module):
         logits, _ = self.transition(self.encode(codes), self._slots(codes, None))
         return _log_likelihood(logits, codes_next)
 
+    def inverse(self, actions: Tensor) -> Tensor:
+        """The action undoing each action (``f+`` <-> ``f-``: actions come in pairs ``2f, 2f + 1``,
+        as :class:`vqcausal.data.factors.FactorSpace` lays them out)."""
+        return actions ^ 1
+
     def training_slots(self, actions: Tensor) -> Tensor:
         """(B, S) actions scored per training pair: the true one first, then (with
         ``train_slots``) its inverse ``a ^ 1`` and distinct random others; else all the rest."""
@@ -276,12 +287,39 @@ class CausalTransition(nn.Module):
         rows = torch.arange(b, device=actions.device)
         key[rows, actions] = -2.0
         if a % 2 == 0:
-            key[rows, actions ^ 1] = -1.0
+            key[rows, self.inverse(actions)] = -1.0
         order = key.argsort(dim=1)
         slots = self.config.train_slots
         return order[:, :slots] if 0 < slots < a else order
 
-    def losses(self, codes: Tensor, actions: Tensor, codes_next: Tensor) -> dict[str, Tensor]:
+    @torch.no_grad()
+    def back_translated(
+        self, codes: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Synthetic pairs for ``w_cycle``: (c, inverse(a), z) for a drawn uniformly over
+        actions and c = T(z, a) the model's own counterfactual (thresholded mask, argmax).
+
+        Kept: rows where c differs from z (training "the inverse does nothing" would collapse
+        both directions) and retrieval gives c back its own action (a scores c highest of all
+        actions), so the inverse learns from counterfactuals the model can already tell apart.
+        Train them *without* the ``w_changed`` weighting (``losses(..., weigh_changed=False)``):
+        a wrong change in a counterfactual would otherwise outweigh the real pairs that forbid
+        it; on a toy with one action never paired that made both directions of its factor move
+        a second factor, while unweighted they learn the unpaired action exactly.
+        Returns (codes c, actions inverse(a), targets z, drawn a), row-aligned."""
+        b = codes.shape[0]
+        actions = torch.randint(0, self.num_actions, (b,), device=codes.device, generator=generator)
+        # one deterministic pass over all actions gives every counterfactual and its scores
+        logits, _ = self.transition(self.encode(codes), self._slots(codes, None), hard=True)
+        rows = torch.arange(b, device=codes.device)
+        counterfactual = logits[rows, :, actions].argmax(-1)  # (b, n)
+        owner = _log_likelihood(logits, counterfactual).argmax(-1)
+        keep = (counterfactual != codes).any(1) & (owner == actions)
+        return counterfactual[keep], self.inverse(actions[keep]), codes[keep], actions[keep]
+
+    def losses(
+        self, codes: Tensor, actions: Tensor, codes_next: Tensor, weigh_changed: bool = True
+    ) -> dict[str, Tensor]:
         """All loss terms plus ``total`` from ONE pass over the action slots and the no-op.
 
         The true action's slot gives the code CE, the no-op slot the identity CE, and the
@@ -301,7 +339,7 @@ class CausalTransition(nn.Module):
         per_variable = F.cross_entropy(
             rearrange(logits[:, :, 0], "b n k -> b k n"), codes_next, reduction="none"
         )
-        weight = 1 + cfg.w_changed * changed
+        weight = 1 + cfg.w_changed * changed if weigh_changed else torch.ones_like(changed)
         code = (weight * per_variable).sum() / weight.sum()
         identity = F.cross_entropy(rearrange(logits[:, :, -1], "b n k -> b k n"), codes)
         scores = _log_likelihood(logits[:, :, :-1], codes_next)
