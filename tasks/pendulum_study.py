@@ -1,7 +1,7 @@
 """Pendulum study: does a latent recover the pendulum's causal graph and concepts?
 
 Trains each latent module on the pendulum scene (procedural by default, a CausalVAE pendulum
-folder with ``--data-dir``) with the ordinary training code, then reports, per latent:
+folder with ``--path``) with the ordinary training code, then reports, per latent:
 
 * SHD: structural Hamming distance of the learned, thresholded graph to the true DAG
   (pendulum angle, light angle -> shadow length, shadow position); ``scm`` only, the other
@@ -12,12 +12,16 @@ folder with ``--data-dir``) with the ordinary training code, then reports, per l
 * a do-grid PNG: ``scm`` rows = do(concept_i = v) for v over +-2 label std, the others rows =
   actions applied 1..6 times.
 
-Runs are resumable: a finished latent is skipped, an unfinished one resumed. Output in
-``--out`` (default ``runs/pendulum_study``): ``study.json``, ``study.md``, ``do_grid_*.png``.
+Runs are resumable: a finished run (latent, seed) is skipped, an unfinished one resumed. Output
+in ``--out`` (default ``runs/pendulum_study``; one folder per data setting): ``study.json``,
+``study.md`` (mean ± std over ``--seeds``, beside CausalVAE's published MIC / TIC),
+``do_grid_<latent>_s<seed>.png``.
 
     python tasks/pendulum_study.py                       # scm, gaussian, ladder, vq; CPU ~40 min
     python tasks/pendulum_study.py --latents scm         # the CausalVAE latent only, ~10 min
-    python tasks/pendulum_study.py --data-dir ~/causal_data/pendulum
+    python tasks/pendulum_study.py --latents scm --seeds 0 1 2 --set data.stride=1 \\
+        --out runs/pendulum_stride1                      # the real folder's grid, 3 seeds
+    python tasks/pendulum_study.py --path ~/causal_data/pendulum
     python tasks/pendulum_study.py --set train.stage1_steps=20000   # longer (GPU)
 """
 
@@ -56,10 +60,10 @@ ALIGNMENT_POINTS = 1000
 DO_VALUES = torch.linspace(-2.0, 2.0, 7)
 
 
-def find_run(out: Path, latent: str) -> Path | None:
-    """The newest run folder of this latent under ``out`` with a checkpoint, if any."""
+def find_run(out: Path, latent: str, seed: int) -> Path | None:
+    """The newest run folder of this latent and seed under ``out`` with a checkpoint, if any."""
     runs = []
-    for folder in out.glob(f"{latent}-*"):
+    for folder in out.glob(f"{latent}-s{seed}-*"):
         try:
             runs.append((latest_checkpoint(folder).meta["saved_at"], folder))
         except CheckpointError:
@@ -67,23 +71,25 @@ def find_run(out: Path, latent: str) -> Path | None:
     return max(runs)[1] if runs else None
 
 
-def train(out: Path, latent: str, data_dir: str | None, overrides: list[str]) -> Path:
-    """Train (or resume, or skip when finished) one latent; returns its run folder."""
-    found = find_run(out, latent)
+def train(out: Path, latent: str, seed: int, path: str | None, overrides: list[str]) -> Path:
+    """Train (or resume, or skip when finished) one latent and seed; returns its run folder."""
+    found = find_run(out, latent, seed)
     if found is not None and latest_checkpoint(found).finished:
-        print(f"{latent}: finished run {found}, skipped")
+        print(f"{latent} seed {seed}: finished run {found}, skipped")
         return found
     if found is not None:
         argv = ["--resume", str(found)]
     else:
-        sets = [f'model.latent="{latent}"', f'runs="{out}"', f'name="{latent}"', *overrides]
-        if data_dir is not None:
-            sets.append(f'data.path="{data_dir}"')
+        name = f"{latent}-s{seed}"
+        sets = [f'model.latent="{latent}"', f'runs="{out}"', f'name="{name}"', f"seed={seed}"]
+        sets += overrides
+        if path is not None:
+            sets.append(f"data.path={json.dumps(path)}")
         argv = ["--config", str(CONFIG)] + [a for s in sets for a in ("--set", s)]
     code = train_run.main(argv)
     if code != 0:
-        raise VQCausalError(f"{latent}: training failed (exit {code})")
-    found = find_run(out, latent)
+        raise VQCausalError(f"{latent} seed {seed}: training failed (exit {code})")
+    found = find_run(out, latent, seed)
     assert found is not None
     return found
 
@@ -151,6 +157,8 @@ def study_one(run_dir: Path, out: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     result = {
         "latent": latent,
+        "seed": config.seed,
+        "stride": config.data.stride,
         "run": str(run_dir),
         "step": ckpt.step,
         "alignment": alignment(model, latents, labels),
@@ -167,37 +175,71 @@ def study_one(run_dir: Path, out: Path) -> dict:
         result["graph"] = graph.tolist()
         result["edge_strength"] = model.latent.edge_strength().tolist()
     rows, names = do_grid(model, x, source.concept_names)
-    save_png(labelled_rows(rows, names), out / f"do_grid_{latent}.png")
+    save_png(labelled_rows(rows, names), out / f"do_grid_{latent}_s{config.seed}.png")
     return result
 
 
-def markdown(results: list[dict], concept_names: list[str]) -> str:
-    def fmt(v: float | None, digits: int = 3) -> str:
-        return "n/a" if v is None else f"{v:.{digits}f}"
+#: CausalVAE's pendulum figures (Yang et al. 2021, Table 1: MIC / TIC in %, mean ± std)
+PUBLISHED = [
+    ("CausalVAE (published)", "96.3 ± 3.6", "89.0 ± 2.9"),
+    ("beta-VAE (published)", "22.6", "12.5"),
+    ("Ladder VAE (published)", "22.4", "12.8"),
+]
 
+
+def mean_std(values: list[float | None], digits: int = 3) -> str:
+    """``mean ± std`` over seeds (population std; the value alone for one seed)."""
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return "n/a"
+    mean = sum(kept) / len(kept)
+    if len(kept) == 1:
+        return f"{mean:.{digits}f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in kept) / len(kept))
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(results: list[dict], concept_names: list[str]) -> str:
+    """One row per latent, mean ± std over its seeds (SHD per seed), then the published
+    figures; MIC and TIC in %, as the paper prints them."""
     head = (
-        "| latent | SHD | MIC mean | TIC mean | rank corr. mean | "
-        + " | ".join(f"MIC {c}" for c in concept_names)
+        "| latent | seeds | SHD per seed | MIC mean (%) | TIC mean (%) | rank corr. mean | "
+        + " | ".join(f"MIC {c} (%)" for c in concept_names)
         + " | retrieval (synthesis) | retrieval (classifier) | recon PSNR | CF PSNR |"
     )
-    lines = [head, "|" + "---|" * (9 + len(concept_names))]
-    for r in results:
-        a = r["alignment"]
+    lines = [head, "|" + "---|" * (10 + len(concept_names))]
+    latents = list(dict.fromkeys(r["latent"] for r in results))
+    for latent in latents:
+        rows = [r for r in results if r["latent"] == latent]
+
+        def col(key: str, rows: list[dict] = rows) -> list[float | None]:
+            return [r[key] for r in rows]
+
+        def pct(key: str, rows: list[dict] = rows) -> str:
+            return mean_std([100 * r["alignment"][key] for r in rows], 1)
+
+        mic = [mean_std([100 * r["alignment"]["mic"][c] for r in rows], 1)
+               for c in range(len(concept_names))]  # fmt: skip
+        shds = ", ".join(str(r.get("shd", "n/a")) for r in rows)
         lines.append(
-            f"| {r['latent']} | {r.get('shd', 'n/a')} | {fmt(a['mic_mean'])} | "
-            f"{fmt(a['tic_mean'])} | {fmt(a['spearman_mean'])} | "
-            + " | ".join(fmt(v) for v in a["mic"])
-            + f" | {fmt(r['retrieval_synthesis'])} | {fmt(r['retrieval_classifier'])} | "
-            f"{fmt(r['recon_psnr'], 1)} | {fmt(r['counterfactual_psnr'], 1)} |"
+            f"| {latent} | {len(rows)} | {shds} | {pct('mic_mean')} | {pct('tic_mean')} | "
+            f"{mean_std([r['alignment']['spearman_mean'] for r in rows])} | "
+            + " | ".join(mic)
+            + f" | {mean_std(col('retrieval_synthesis'))} | {mean_std(col('retrieval_classifier'))}"
+            f" | {mean_std(col('recon_psnr'), 1)} | {mean_std(col('counterfactual_psnr'), 1)} |"
         )
+    blank = " | ".join("" for _ in concept_names)
+    for name, mic_mean, tic_mean in PUBLISHED:
+        lines.append(f"| {name} | | | {mic_mean} | {tic_mean} | | {blank} | | | | |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latents", nargs="+", default=list(LATENTS), choices=list(LATENTS))
-    parser.add_argument("--data-dir", help="a CausalVAE pendulum folder (default: procedural)")
+    parser.add_argument("--path", help="a CausalVAE pendulum folder (default: procedural)")
     parser.add_argument("--out", default="runs/pendulum_study", help="study folder")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed")
     add_set_arg(parser, "train.stage1_steps=20000")
     args = parser.parse_args(argv)
 
@@ -206,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         results = []
         for latent in args.latents:
-            run_dir = train(out, latent, args.data_dir, args.overrides)
-            results.append(study_one(run_dir, out))
+            for seed in args.seeds:
+                run_dir = train(out, latent, seed, args.path, args.overrides)
+                results.append(study_one(run_dir, out))
         source_names = load_source(
             config_from_meta(latest_checkpoint(run_dir).meta).data
         ).concept_names

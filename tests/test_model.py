@@ -88,15 +88,29 @@ def test_checkpoints_written_before_new_shape_keys_rebuild_their_model():
     assert new.model.classifier_layers == 2 and new.model.transition.update_expansion == 4
 
 
+def test_runs_from_before_per_source_strides_still_load():
+    """Older runs recorded ``data.stride = 3`` for every dataset (one default for all)."""
+    from vqcausal.config import Config, DataConfig, to_dict
+    from vqcausal.train.checkpoint import config_from_meta
+
+    old = to_dict(Config())
+    old["data"]["stride"] = 3
+    assert config_from_meta({"config": old}).data.stride is None
+    pendulum = to_dict(Config(data=DataConfig(dataset="pendulum", stride=3)))
+    assert config_from_meta({"config": pendulum}).data.stride == 3
+
+
 @pytest.mark.parametrize(
     "path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml")), ids=str
 )
 def test_every_shipped_config_builds_its_model(path):
     from vqcausal.data.registry import load_source
     from vqcausal.models.base import build_model
+    from vqcausal.train.run import fit_to_data
 
     config = load_config(path)
     source = load_source(config.data)
+    config = fit_to_data(config, source)  # what a run takes from the data (scm: its concepts)
     args = ModelArgs(list(source.image_shape), source.space.action_names, config.model)
     model = build_model(args)
     x = torch.rand(2, *source.image_shape)

@@ -20,7 +20,7 @@ from vqcausal.data.pendulum import (
     sun_x,
     values_to_indices,
 )
-from vqcausal.data.pendulum_folder import PendulumFolder
+from vqcausal.data.pendulum_folder import PendulumFolder, write_causalvae_folder
 from vqcausal.errors import DataError
 
 DEG = math.pi / 180
@@ -149,24 +149,22 @@ FOLDER_INDICES = [(-40, 60, "train"), (0, 99, "train"), (12, 101, "train"), (43,
                   (-7, 120, "test")]  # fmt: skip
 
 
-def _write_folder(root: Path) -> PendulumRenderer:
-    """A tiny CausalVAE-format folder: RGBA PNGs named like the generator names them."""
+def _write_folder(root: Path, stride: int = 1) -> PendulumRenderer:
+    """A tiny CausalVAE-format folder, written as the generator names and saves its PNGs."""
     renderer = PendulumRenderer(stride=1)
-    for sub in ("train", "test"):
-        (root / sub).mkdir(parents=True)
-    for i, j, sub in FOLDER_INDICES:
-        image = renderer.render_indices(torch.tensor([i]), torch.tensor([j]))[0]
-        shade, mid = shadow_geometry(_t(i * math.pi / 200), _t(j * math.pi / 200))
-        rgba = np.concatenate(
-            [image.permute(1, 2, 0).numpy(), np.full((96, 96, 1), 255, np.uint8)], axis=2
-        )
-        name = f"a_{i}_{j}_{int(shade.item())}_{int(mid.item())}.png"
-        Image.fromarray(rgba, "RGBA").save(root / sub / name)
+    i = torch.tensor([e[0] for e in FOLDER_INDICES])
+    j = torch.tensor([e[1] for e in FOLDER_INDICES])
+    splits = torch.tensor([("train", "test").index(e[2]) for e in FOLDER_INDICES])
+    write_causalvae_folder(renderer, root, indices_to_values(i, j), splits)
     return renderer
 
 
 def test_folder_rows_split_concepts_and_round_trip(tmp_path: Path) -> None:
     renderer = _write_folder(tmp_path)
+    names = sorted(p.name for p in tmp_path.glob("*/*.png"))
+    assert "a_-40_60_3_2.png" in names and len(names) == 5  # the generator's names
+    with Image.open(tmp_path / "train" / "a_-40_60_3_2.png") as png:
+        assert png.mode == "RGBA" and png.size == (96, 96)  # as matplotlib saves them
     folder = PendulumFolder(tmp_path)
     assert folder.name == "pendulum" and folder.image_shape == (3, 96, 96)
     assert folder.space == renderer.space
@@ -180,11 +178,8 @@ def test_folder_rows_split_concepts_and_round_trip(tmp_path: Path) -> None:
     images = folder.render(values)
     assert images.dtype == torch.uint8 and torch.equal(images, renderer.render(values))
     assert torch.equal(folder.load_rows(torch.tensor([2, 2, 0])), images[[2, 2, 0]])
-    # Concepts: angles from the indices, shadow as the file name gives it (integers).
-    concepts = folder.concepts(values)
-    exact = renderer.concepts(values)
-    assert torch.allclose(concepts[:, :2], exact[:, :2])
-    assert torch.equal(concepts[:, 2:], exact[:, 2:].trunc())
+    # Concepts: the same numbers as the renderer's (the names only keep truncated shadows).
+    assert torch.equal(folder.concepts(values), renderer.concepts(values))
     assert folder.true_dag.tolist() == renderer.true_dag.tolist()
     with pytest.raises(DataError):
         folder.render(torch.tensor([[1, 1]]))  # a grid point without a file
@@ -192,11 +187,32 @@ def test_folder_rows_split_concepts_and_round_trip(tmp_path: Path) -> None:
     assert resized.render(values[:2]).shape == (2, 3, 64, 64)
 
 
+def test_folder_at_a_stride_is_the_renderer_at_that_stride(tmp_path: Path) -> None:
+    coarse = PendulumRenderer(stride=3)
+    values = torch.tensor([[0, 0], [5, 7], [27, 28], [13, 2]])
+    write_causalvae_folder(coarse, tmp_path, values, torch.tensor([0, 0, 1, 1]))
+    extra = PendulumRenderer(stride=1)  # a file off the stride-3 grid is left out
+    write_causalvae_folder(extra, tmp_path, torch.tensor([[1, 1]]), torch.tensor([0]))
+    folder = PendulumFolder(tmp_path, stride=3)
+    assert folder.space == coarse.space
+    stored = folder.stored_values()
+    assert sorted(map(tuple, stored.tolist())) == sorted(map(tuple, values.tolist()))
+    assert torch.equal(folder.render(stored), coarse.render(stored))
+    assert torch.equal(folder.concepts(stored), coarse.concepts(stored))
+    assert PendulumFolder(tmp_path, stride=1).stored_values().shape == (5, 2)  # every file
+    (tmp_path / "train" / "a_-39_61_3_2.png").unlink()  # the off-grid file goes: stride found
+    assert PendulumFolder(tmp_path).space == coarse.space
+    with pytest.raises(DataError, match="stride"):
+        PendulumFolder(tmp_path, stride=84)
+
+
 def test_folder_composites_transparency_on_white(tmp_path: Path) -> None:
-    (tmp_path / "train").mkdir()
+    _write_folder(tmp_path)
     rgba = np.zeros((96, 96, 4), np.uint8)  # fully transparent black
     Image.fromarray(rgba, "RGBA").save(tmp_path / "train" / "a_0_80_3_9.png")
-    assert (PendulumFolder(tmp_path).load_rows(torch.tensor([0])) == 255).all()
+    folder = PendulumFolder(tmp_path)
+    (row,) = folder.rows_of(indices_to_values(torch.tensor([0]), torch.tensor([80]))).tolist()
+    assert (folder.load_rows(torch.tensor([row])) == 255).all()
 
 
 @pytest.mark.parametrize(
@@ -213,12 +229,14 @@ def test_folder_bad_names(tmp_path: Path, bad_name: str) -> None:
 def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         PendulumFolder(tmp_path / "missing")
-    with pytest.raises(DataError, match="subfolder"):
+    with pytest.raises(DataError, match="no train/ subfolder"):
         PendulumFolder(tmp_path)
     (tmp_path / "train").mkdir()
     with pytest.raises(DataError, match="no PNG"):
         PendulumFolder(tmp_path)
     Image.new("RGBA", (96, 96), "white").save(tmp_path / "train" / "a_0_80_3_9.png")
+    with pytest.raises(DataError, match="no test/ subfolder"):  # reported, not accepted
+        PendulumFolder(tmp_path)
     (tmp_path / "test").mkdir()
     Image.new("RGBA", (96, 96), "white").save(tmp_path / "test" / "a_0_80_4_9.png")
     with pytest.raises(DataError, match="same i=0, j=80"):

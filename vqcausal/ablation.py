@@ -267,14 +267,6 @@ def _check_choice(kind: str, values: Sequence[str], known: Iterable[str]) -> Non
             raise AblationError(f"unknown {kind} '{value}'; choose from {', '.join(known)}")
 
 
-def latent_overrides(dataset: str, latent: str) -> list[str]:
-    """``model.latent`` plus what a latent needs from the data (scm: one concept per label)."""
-    out = [f"model.latent={json.dumps(latent)}"]
-    if latent == "scm":
-        out.append(f"model.scm.concepts={len(_source(dataset).concept_names)}")
-    return out
-
-
 def mode_overrides(mode: str, level: float, held_out_action: str) -> list[str]:
     """The transition settings that realise one (mode, rho or k)."""
     if mode == "actions":
@@ -333,7 +325,8 @@ def make_cell(
     sets = [
         *SIZES[size].overrides,
         *mode_overrides(mode, level, held_out_action or spec.held_out_action),
-        *latent_overrides(dataset, latent),
+        # what a latent takes from the data (scm: its concepts) the run fills in itself
+        f"model.latent={json.dumps(latent)}",
         f"seed={int(seed)}",
         *overrides,
     ]

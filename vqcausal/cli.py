@@ -110,9 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--scale", type=bounded(1, 16), default=2, help="pixel upscaling")
     preview.set_defaults(handler=_data_preview)
 
-    export = data_commands.add_parser("export", help="write transition pairs to safetensors")
+    export = data_commands.add_parser(
+        "export", help="write transition pairs to safetensors (or the pendulum's CausalVAE folder)"
+    )
     add_config_args(export)
     export.add_argument("--out", required=True, help="new (or empty) export folder")
+    export.add_argument(
+        "--layout",
+        choices=["pairs", "causalvae"],
+        default="pairs",
+        help="pairs: safetensors shards of --train/--test pairs; causalvae: every grid image of "
+        "the procedural pendulum as CausalVAE's train/ and test/ PNGs (the run's split)",
+    )
     export.add_argument(
         "--train", type=bounded(0, 10 * MAX_PAIRS), default=10_000, help="train pairs"
     )
@@ -223,6 +232,7 @@ def _data_info(args: argparse.Namespace) -> None:
         )
     ]
     info["concepts"] = source.concept_names
+    info["splits"] = sampler.split_sizes()
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -231,7 +241,8 @@ def _data_info(args: argparse.Namespace) -> None:
     console.print(
         f"[bold]{source.name}[/]  images {tuple(source.image_shape)}  "
         f"grid points {info['grid_points']:,}  "
-        f"stored images {'all (procedural)' if stored is None else f'{stored:,}'}"
+        f"stored images {'all (procedural)' if stored is None else f'{stored:,}'}  "
+        + "  ".join(f"{name} {n:,}" for name, n in info["splits"].items())
     )
     factors = Table("factor", "size", "cyclic", title="factors")
     for f in source.space.factors:
@@ -267,6 +278,9 @@ def _data_export(args: argparse.Namespace) -> None:
     from vqcausal.data.export import export_pairs
 
     config, source, sampler = _source_and_sampler(args)
+    if args.layout == "causalvae":
+        _export_causalvae(source, sampler, args.out)
+        return
     counts = {"train": args.train, "test": args.test}
     with Progress(transient=True) as progress:
         task = progress.add_task("rendering pairs", total=sum(counts.values()))
@@ -279,6 +293,30 @@ def _data_export(args: argparse.Namespace) -> None:
             progress=lambda n: progress.advance(task, n),
         )
     print(f"wrote {args.train:,} train + {args.test:,} test pairs of {source.name} to {args.out}")
+
+
+def _export_causalvae(source, sampler, out: str) -> None:
+    """The procedural pendulum's grid as CausalVAE's folder, split as training splits it."""
+    import torch
+    from rich.progress import Progress
+
+    from vqcausal.data.pendulum import PendulumRenderer
+    from vqcausal.data.pendulum_folder import write_causalvae_folder
+
+    if not isinstance(source, PendulumRenderer):
+        raise VQCausalError("--layout causalvae writes the procedural pendulum only")
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise VQCausalError(f"{target} exists and is not an empty folder")
+    values = source.space.unravel(torch.arange(source.space.num_values))
+    splits = sampler.split_of(values)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("writing PNGs", total=len(values))
+        write_causalvae_folder(
+            source, target, values, splits, progress=lambda n: progress.advance(task, n)
+        )
+    test = int(splits.sum())
+    print(f"wrote {len(values) - test:,} train + {test:,} test images of pendulum to {target}")
 
 
 def _retrieve(args: argparse.Namespace) -> None:

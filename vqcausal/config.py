@@ -51,7 +51,10 @@ class DataConfig:
     path: str | None = None  # 3dshapes.h5, dsprites .npz, pendulum folder, image folder
     image_size: int | None = None  # resize (pendulum, folder); None keeps the native size
     channels: int | None = None  # 1 or 3 where the source supports both
-    stride: int = 3  # procedural pendulum: every stride-th CausalVAE grid value
+    # pendulum: keep every stride-th value of the CausalVAE grid (one step = 0.9 degrees);
+    # None: 3 for the renderer (an action's effect stays visible at small image sizes), the
+    # grid a folder's files lie on (1 for CausalVAE's). The run records the stride it used.
+    stride: int | None = None
     cyclic: list[str] = field(default_factory=list)  # folder: names of cyclic factors
 
     def __post_init__(self) -> None:

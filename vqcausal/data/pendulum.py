@@ -107,7 +107,7 @@ def values_to_indices(values: torch.Tensor, stride: int = 1) -> tuple[torch.Tens
 
 def indices_to_values(i: torch.Tensor, j: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """Factor values (B, 2) of CausalVAE indices; a DataError if one is off the stride grid."""
-    i, j = torch.as_tensor(i).long(), torch.as_tensor(j).long()
+    i, j = torch.as_tensor(i).long().contiguous(), torch.as_tensor(j).long().contiguous()
     i_rank = i - PENDULUM_INDICES[0]
     j_rank = torch.searchsorted(torch.tensor(LIGHT_INDICES, device=j.device), j)
     j_ok = (j_rank < len(LIGHT_INDICES)) & (

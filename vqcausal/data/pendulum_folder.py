@@ -4,11 +4,17 @@ The published dataset is a folder with ``train/`` and ``test/`` subfolders of 96
 named ``a_<i>_<j>_<shade>_<mid>.png``: pendulum index i, light index j (the same grid as
 :mod:`vqcausal.data.pendulum` at stride 1) and the shadow's length and centre truncated to
 integers. Files are opened lazily, row by row, so the folder never has to fit in memory.
+
+Concepts are computed from i and j with the generator's own geometry (the names' shadow
+integers are those numbers truncated), so a folder and :class:`PendulumRenderer` at the same
+stride give the same factors, the same labels and, up to antialiasing, the same pixels.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +26,13 @@ from vqcausal.data.pendulum import (
     CONCEPT_NAMES,
     LIGHT_INDICES,
     PENDULUM_INDICES,
+    PendulumRenderer,
     grid_sizes,
+    index_angles,
     index_concepts,
+    indices_to_values,
     pendulum_dag,
+    shadow_geometry,
     values_to_indices,
 )
 from vqcausal.data.source import IndexedSource
@@ -59,29 +69,52 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 
 class PendulumFolder(IndexedSource):
-    """A CausalVAE pendulum folder; factors are the stride-1 grid of the renderer.
+    """A CausalVAE pendulum folder; factors are the ``stride`` grid of the renderer.
 
-    ``pendulum_angle`` is i + 40 and ``light_angle`` is the rank of j among 60..147 without
-    100, so a stored image and ``PendulumRenderer(stride=1)`` agree on every factor vector.
+    At stride 1 ``pendulum_angle`` is i + 40 and ``light_angle`` the rank of j among 60..147
+    without 100; ``stride`` keeps the files on every stride-th value of both and numbers them
+    as ``PendulumRenderer(stride=stride)`` does, so the two agree on every factor vector.
+    By default the stride is the grid the files lie on (the gcd of their index offsets): 1
+    for CausalVAE's folder, s for a folder written from the renderer at stride s.
     ``image_size`` resizes (bilinear, antialiased) to a square; None keeps the files' size.
+    Both ``train/`` and ``test/`` must be there: held-out figures are measured on ``test/``.
     """
 
     name = "pendulum"
 
-    def __init__(self, root: str | Path, image_size: int | None = None) -> None:
+    def __init__(
+        self, root: str | Path, image_size: int | None = None, stride: int | None = None
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"pendulum: folder not found: {self.root}")
-        found = [(s, self.root / sub) for s, sub in enumerate(SPLIT_FOLDERS)]
-        found = [(s, folder) for s, folder in found if folder.is_dir()]
-        if not found:
-            raise DataError(f"pendulum: {self.root}: no train/ or test/ subfolder")
         entries = []
-        for split, folder in found:
-            for path in sorted(folder.glob("*.png")):
-                entries.append((*parse_name(path), split, path))
+        for split, sub in enumerate(SPLIT_FOLDERS):
+            folder = self.root / sub
+            if not folder.is_dir():
+                raise DataError(
+                    f"pendulum: {self.root}: no {sub}/ subfolder (a CausalVAE pendulum folder "
+                    "holds train/ and test/; held-out figures need test/)"
+                )
+            files = [(*parse_name(path), split, path) for path in sorted(folder.glob("*.png"))]
+            if not files:
+                raise DataError(f"pendulum: {folder}: no PNG files")
+            entries += files
+        light_rank = {j: r for r, j in enumerate(LIGHT_INDICES)}
+        ranks = [(e[0] - PENDULUM_INDICES[0], light_rank[e[1]]) for e in entries]
+        if stride is None:  # the grid the files were generated on: 1 for CausalVAE's folder
+            stride = math.gcd(*(r for pair in ranks for r in pair)) or 1
+        n_i, n_j = grid_sizes(stride) if stride >= 1 else (0, 0)
+        if stride < 1 or min(n_i, n_j) < 2:
+            raise DataError(f"pendulum: stride must be in 1..83, got {stride}")
+        self.stride = int(stride)
+        entries = [
+            e
+            for e in entries
+            if (e[0] - PENDULUM_INDICES[0]) % stride == 0 and light_rank[e[1]] % stride == 0
+        ]
         if not entries:
-            raise DataError(f"pendulum: {self.root}: no PNG files in train/ or test/")
+            raise DataError(f"pendulum: {self.root}: no file lies on the stride-{stride} grid")
         entries.sort(key=lambda e: (e[4], e[0], e[1]))
         seen: dict[tuple[int, int], Path] = {}
         for i, j, _, _, _, path in entries:
@@ -91,14 +124,9 @@ class PendulumFolder(IndexedSource):
 
         self.paths = [e[5] for e in entries]
         self.file_indices = torch.tensor([(e[0], e[1]) for e in entries], dtype=torch.long)
-        self.file_shadow = torch.tensor([(e[2], e[3]) for e in entries], dtype=torch.float32)
         self._split = torch.tensor([e[4] for e in entries], dtype=torch.long)
-        n_i, n_j = grid_sizes(1)
         space = FactorSpace([Factor("pendulum_angle", n_i), Factor("light_angle", n_j)])
-        light_rank = {j: r for r, j in enumerate(LIGHT_INDICES)}
-        values = torch.tensor(
-            [(i - PENDULUM_INDICES[0], light_rank[j]) for i, j, *_ in entries], dtype=torch.long
-        )
+        values = indices_to_values(self.file_indices[:, 0], self.file_indices[:, 1], stride)
         super().__init__(space, values)
 
         if image_size is not None and image_size < 1:
@@ -152,20 +180,44 @@ class PendulumFolder(IndexedSource):
         return list(CONCEPT_NAMES)
 
     def concepts(self, values: torch.Tensor) -> torch.Tensor:
-        """(B, 4): angles in degrees from i and j; shade and mid from the file name (integers).
-
-        Grid points without a file get the generator's value truncated the same way, int().
-        """
-        device = values.device
-        values = self.space.check_values(values).cpu()
-        i, j = values_to_indices(values, 1)
-        out = index_concepts(i, j)
-        out[:, 2:] = out[:, 2:].trunc()
-        rows = self.rows_of(values)
-        stored = rows >= 0
-        out[stored, 2:] = self.file_shadow[rows[stored]]
-        return out.to(device)
+        """(B, 4): angles in degrees and the shadow's length and centre, computed from i and
+        j as the generator computes them (its file names keep the shadow truncated to
+        integers, which would make most one-step changes of the shadow 0 or 1 at stride 1)."""
+        values = self.space.check_values(values)
+        i, j = values_to_indices(values.cpu(), self.stride)
+        return index_concepts(i, j).to(values.device)
 
     @property
     def true_dag(self) -> torch.Tensor:
         return pendulum_dag()
+
+
+def write_causalvae_folder(
+    renderer: PendulumRenderer,
+    root: str | Path,
+    values: torch.Tensor,
+    splits: torch.Tensor,
+    progress: Callable[[int], None] | None = None,
+    chunk: int = 256,
+) -> None:
+    """Write grid points (B, 2) of ``renderer`` as CausalVAE's generator saves them:
+    ``<root>/<train|test>/a_<i>_<j>_<shade>_<mid>.png``, opaque RGBA, the shadow truncated to
+    integers in the name; ``splits`` (B,) is 0 for train/, 1 for test/. A folder written from
+    the renderer at stride s and read back with :class:`PendulumFolder` at stride s gives the
+    same factors, labels and pixels."""
+    root = Path(root)
+    for sub in SPLIT_FOLDERS:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for start in range(0, values.shape[0], chunk):
+        part = values[start : start + chunk]
+        i, j = renderer.indices(part)
+        shades, mids = shadow_geometry(*index_angles(i, j))  # float64, as the generator
+        images = renderer.render_indices(i, j).permute(0, 2, 3, 1).numpy()
+        opaque = np.full((*images.shape[1:3], 1), 255, np.uint8)
+        part_splits = splits[start : start + chunk].tolist()
+        for n, (image, split) in enumerate(zip(images, part_splits, strict=True)):
+            name = f"a_{int(i[n])}_{int(j[n])}_{int(shades[n])}_{int(mids[n])}.png"
+            rgba = np.concatenate([image, opaque], axis=2)
+            Image.fromarray(rgba, "RGBA").save(root / SPLIT_FOLDERS[split] / name)
+        if progress is not None:
+            progress(part.shape[0])

@@ -45,10 +45,11 @@ def load_source(config: DataConfig) -> GroundTruthSource:
         if path is None:
             from vqcausal.data.pendulum import PendulumRenderer
 
-            return PendulumRenderer(image_size=config.image_size or 96, stride=config.stride)
+            stride = 3 if config.stride is None else config.stride
+            return PendulumRenderer(image_size=config.image_size or 96, stride=stride)
         from vqcausal.data.pendulum_folder import PendulumFolder
 
-        return PendulumFolder(path, image_size=config.image_size)
+        return PendulumFolder(path, image_size=config.image_size, stride=config.stride)
     if name == "toy":
         from vqcausal.data.toy import ToyRenderer
 

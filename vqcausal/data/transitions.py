@@ -121,6 +121,17 @@ class TransitionSampler:
         unit = _hash_unit(self.space.ravel(values), self.config.seed)
         return (unit < self.config.test_fraction).long()
 
+    def split_sizes(self, chunk: int = 1 << 20) -> dict[str, int]:
+        """Images in each split: stored images, or every grid point of a procedural source."""
+        if self._stored is not None:
+            split = self.split_of(self._stored)
+            return {name: int((split == s).sum()) for s, name in enumerate(SPLITS)}
+        test = 0
+        for start in range(0, self.space.num_values, chunk):
+            index = torch.arange(start, min(start + chunk, self.space.num_values))
+            test += int(self.split_of(self.space.unravel(index)).sum())
+        return {"train": self.space.num_values - test, "test": test}
+
     # ---- stored (sparse) sources ------------------------------------------------------
     def _prepare_stored(self) -> None:
         """Per action, the stored rows it can move onto another stored row."""

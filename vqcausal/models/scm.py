@@ -33,8 +33,11 @@ Losses (per image, averaged over the batch):
   ``H(A) = tr((I + A o A / n)^n) - n``; the loop calls :meth:`SCMLatent.update_lagrangian`
   (the official code uses fixed weights 3 and 0.5).
 
-Structure and representation are learned separately: ``A`` gets gradients from ``mask``,
-``invariance``, ``sparsity`` and ``acyclic`` only; reconstruction and KL see it as a constant.
+Structure and representation are learned separately: ``A`` and the mask layer's structural
+functions get gradients from ``mask``, ``invariance``, ``sparsity`` and ``acyclic`` only;
+reconstruction, KL and the label head see them as constants. (With the mask layer's MLP also
+trained by the decoder's path, reconstruction pulled the MLP of the pendulum's shadow length
+away from the structural fit, and those edges faded below the threshold.)
 Under the label prior ``N(u, I)``, which ignores the graph, their pull on ``A`` is towards zero
 (less posterior noise propagated down the graph); in our synthetic runs it shrank the edges by
 half or more and, with A also free in the encoder path, reversed an edge.
@@ -80,7 +83,10 @@ PROBES = 256  # points at which edge strengths are measured
 class SCMConfig:
     """CausalVAE latent settings; loss weights multiply per-image terms."""
 
-    concepts: int = 4  # n concepts
+    # n concepts, one per label of the data: None (the default) takes the source's
+    # (``concept_names``: its factors, or the concepts it defines, as the pendulum does) when
+    # a run is built; a number that does not match the data is refused there
+    concepts: int | None = None
     concept_dim: int = 4  # k dims per concept block; latent_dim = n * k
     label_fraction: float = 1.0  # fraction of each batch whose labels are used (the first rows)
     w_kl: float = 1.0
@@ -159,14 +165,18 @@ class MaskLayer(nn.Module):
         norm = torch.linalg.matrix_norm(weight, ord=2)  # (n,) spectral norms
         return weight * (bound / torch.clamp(norm, min=bound))[:, None, None]
 
-    def forward(self, blocks: Tensor, adjacency: Tensor) -> Tensor:
-        """(B, n, k) concept blocks -> (B, n, k) structural predictions f_j."""
+    def forward(self, blocks: Tensor, adjacency: Tensor, frozen: bool = False) -> Tensor:
+        """(B, n, k) concept blocks -> (B, n, k) structural predictions f_j; ``frozen`` uses
+        the weights as constants (gradients still reach ``blocks``)."""
+        w1, b1, w2 = self.w1, self.b1, self.w2
+        if frozen:
+            w1, b1, w2 = w1.detach(), b1.detach(), w2.detach()
         linear = torch.einsum("ij,bik->bjk", adjacency, blocks)
         gated = rearrange(torch.einsum("ij,bik->bjik", adjacency, blocks), "b j i k -> b j (i k)")
-        w1 = self._bounded(self.w1, 1.0)
-        w2 = self._bounded(self.w2, self.lipschitz)
-        h = torch.einsum("bjm,jmh->bjh", gated, w1) + self.b1
-        return linear + torch.einsum("bjh,jhk->bjk", F.elu(h) - F.elu(self.b1), w2)
+        h = torch.einsum("bjm,jmh->bjh", gated, self._bounded(w1, 1.0)) + b1
+        return linear + torch.einsum(
+            "bjh,jhk->bjk", F.elu(h) - F.elu(b1), self._bounded(w2, self.lipschitz)
+        )
 
 
 class SCMLatent(ContinuousLatent):
@@ -189,6 +199,8 @@ class SCMLatent(ContinuousLatent):
         ``2i`` / ``2i + 1`` moves concept ``i`` by +1 / -1."""
         super().__init__()
         self.config = cfg = config or SCMConfig()
+        if cfg.concepts is None:
+            raise ValueError("scm.concepts is unset: give the number of concepts of the data")
         if cfg.edge_prior not in EDGE_PRIORS:
             raise ValueError(f"scm.edge_prior must be one of {EDGE_PRIORS}, got {cfg.edge_prior!r}")
         self.concepts, self.concept_dim = cfg.concepts, cfg.concept_dim
@@ -309,14 +321,16 @@ class SCMLatent(ContinuousLatent):
         mixing = self._mixing(adjacency)
         return self._flat(torch.einsum("ij,bjk->bik", mixing, self._blocks(eps)))
 
-    def structural(self, z_blocks: Tensor, adjacency: Tensor) -> Tensor:
+    def structural(self, z_blocks: Tensor, adjacency: Tensor, frozen: bool = False) -> Tensor:
         """f_j(A_:j o z) for every concept j: (B, n, k) -> (B, n, k)."""
-        return self.mask_layer(z_blocks, adjacency)
+        return self.mask_layer(z_blocks, adjacency, frozen)
 
-    def mask(self, z_scm: Tensor, eps: Tensor, adjacency: Tensor | None = None) -> Tensor:
+    def mask(
+        self, z_scm: Tensor, eps: Tensor, adjacency: Tensor | None = None, frozen: bool = False
+    ) -> Tensor:
         """Mask layer z'_j = g_j(A_j o z) + eps_j: the z the decoder reads, (B, n*k)."""
         adjacency = self.adjacency() if adjacency is None else adjacency
-        blocks = self.structural(self._blocks(z_scm), adjacency)
+        blocks = self.structural(self._blocks(z_scm), adjacency, frozen)
         return self._flat(blocks) + eps
 
     # ---- posterior, prior, losses ----
@@ -389,11 +403,11 @@ class SCMLatent(ContinuousLatent):
         if self.training:  # sample and mean through the SCM in one pass
             eps = torch.cat([mu + torch.randn_like(mu) * (0.5 * logvar).exp(), mu])
             z_scm = self.linear_scm(eps, fixed)
-            z, mean = self.mask(z_scm, eps, fixed).chunk(2)
+            z, mean = self.mask(z_scm, eps, fixed, frozen=True).chunk(2)
             mean_scm = z_scm[mu.shape[0] :]
         else:
             mean_scm = self.linear_scm(mu, fixed)
-            z = mean = self.mask(mean_scm, mu, fixed)
+            z = mean = self.mask(mean_scm, mu, fixed, frozen=True)
 
         rows = self.labelled_rows(labels, features.shape[0], features.device)
         kl = self.kl(mu, logvar, labels, fixed).mean()

@@ -358,11 +358,20 @@ def read_latent_cache(run_dir: str | Path) -> dict[str, torch.Tensor] | None:
     return cache
 
 
+#: ``data.stride`` as runs before it became per source recorded it for every dataset
+OLD_STRIDE_DEFAULT = 3
+
+
 def config_from_meta(meta: dict) -> Config:
     try:
         if not isinstance(meta["config"], dict):
             raise TypeError("config is not a table")
-        return from_dict(Config, meta["config"])
+        config = meta["config"]
+        data = config.get("data")
+        old = isinstance(data, dict) and data.get("dataset") != "pendulum"
+        if old and data.get("stride") == OLD_STRIDE_DEFAULT:  # the old default, unused there
+            config = {**config, "data": {k: v for k, v in data.items() if k != "stride"}}
+        return from_dict(Config, config)
     except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"checkpoint config is unusable ({err})") from None
 

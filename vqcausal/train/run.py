@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ import tomli_w
 from vqcausal.cli import OneLineParser, add_config_args, config_from_args, run
 from vqcausal.config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from vqcausal.data.registry import load_source
-from vqcausal.data.source import ConceptScaler
+from vqcausal.data.source import ConceptScaler, GroundTruthSource
 from vqcausal.data.transitions import TransitionSampler, action_concept_steps
 from vqcausal.train.checkpoint import (
     DISK_FULL,
@@ -60,6 +61,28 @@ def config_toml(config: Config) -> str:
     return tomli_w.dumps(drop_none(to_dict(config)))
 
 
+def fit_to_data(config: Config, source: GroundTruthSource) -> Config:
+    """``config`` with what comes from the data filled in, so that ``config.toml`` records it:
+    the pendulum's grid stride, and for ``scm`` one concept per label of the source (its
+    factors, or the concepts it defines, as the pendulum does). A setting that cannot fit the
+    data is a ConfigError, before anything is written."""
+    stride = getattr(source, "stride", None)
+    if config.data.dataset == "pendulum" and stride is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, stride=stride))
+    scm = config.model.scm
+    names = source.concept_names
+    if config.model.latent != "scm" or scm.concepts == len(names):
+        return config
+    if scm.concepts is not None:
+        raise ConfigError(
+            f"model.scm.concepts = {scm.concepts} does not fit the {source.name} data, which "
+            f"has {len(names)} concepts ({', '.join(names)}); leave it unset to take them"
+        )
+    scm = dataclasses.replace(scm, concepts=len(names))
+    model = dataclasses.replace(config.model, scm=scm)
+    return dataclasses.replace(config, model=model)
+
+
 def _build(args: argparse.Namespace):
     """Config, source, model, run folder and resume point for the command line."""
     import torch
@@ -87,6 +110,8 @@ def _build(args: argparse.Namespace):
         )
 
     source = load_source(config.data)
+    if resume is None:
+        config = fit_to_data(config, source)
     down = 2 ** len(config.model.autoencoder.widths)
     c, h, w = source.image_shape
     if h % down or w % down:
