@@ -300,14 +300,13 @@ def _export_causalvae(source, sampler, out: str) -> None:
     import torch
     from rich.progress import Progress
 
+    from vqcausal.data.export import new_export_folder
     from vqcausal.data.pendulum import PendulumRenderer
     from vqcausal.data.pendulum_folder import write_causalvae_folder
 
     if not isinstance(source, PendulumRenderer):
         raise VQCausalError("--layout causalvae writes the procedural pendulum only")
-    target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise VQCausalError(f"{target} exists and is not an empty folder")
+    target = new_export_folder(out)
     values = source.space.unravel(torch.arange(source.space.num_values))
     splits = sampler.split_of(values)
     with Progress(transient=True) as progress:

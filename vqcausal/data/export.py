@@ -35,6 +35,15 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def new_export_folder(out_dir: str | Path) -> Path:
+    """``out_dir`` created, or refused when something is already there (never overwrite)."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"export folder {out} is not empty; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def export_pairs(
     sampler: TransitionSampler,
     out_dir: str | Path,
@@ -44,10 +53,7 @@ def export_pairs(
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Write ``counts[split]`` pairs per split into ``out_dir``; returns the meta dict."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"export folder {out} is not empty; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_export_folder(out_dir)
     generator = torch.Generator().manual_seed(seed)
     shards: dict[str, list[str]] = {}
     for split, total in counts.items():

@@ -97,6 +97,14 @@ def grid_sizes(stride: int) -> tuple[int, int]:
     return math.ceil(len(PENDULUM_INDICES) / stride), math.ceil(len(LIGHT_INDICES) / stride)
 
 
+def checked_grid_sizes(stride: int) -> tuple[int, int]:
+    """:func:`grid_sizes` of a stride that leaves at least two values of each angle."""
+    n_i, n_j = grid_sizes(stride) if stride >= 1 else (0, 0)
+    if stride < 1 or min(n_i, n_j) < 2:
+        raise DataError(f"pendulum: stride must be in 1..83, got {stride}")
+    return n_i, n_j
+
+
 def values_to_indices(values: torch.Tensor, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """CausalVAE indices (i, j) of factor values (B, 2) on the stride grid."""
     values = values.long()
@@ -177,9 +185,7 @@ class PendulumRenderer(GroundTruthSource):
     def __init__(self, image_size: int = 96, stride: int = 3) -> None:
         if image_size < 16:
             raise DataError(f"pendulum: image_size must be at least 16, got {image_size}")
-        n_i, n_j = grid_sizes(stride) if stride >= 1 else (0, 0)
-        if stride < 1 or min(n_i, n_j) < 2:
-            raise DataError(f"pendulum: stride must be in 1..83, got {stride}")
+        n_i, n_j = checked_grid_sizes(stride)
         self.image_size = int(image_size)
         self.stride = int(stride)
         self.space = FactorSpace([Factor("pendulum_angle", n_i), Factor("light_angle", n_j)])

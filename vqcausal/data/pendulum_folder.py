@@ -27,7 +27,7 @@ from vqcausal.data.pendulum import (
     LIGHT_INDICES,
     PENDULUM_INDICES,
     PendulumRenderer,
-    grid_sizes,
+    checked_grid_sizes,
     index_angles,
     index_concepts,
     indices_to_values,
@@ -104,15 +104,10 @@ class PendulumFolder(IndexedSource):
         ranks = [(e[0] - PENDULUM_INDICES[0], light_rank[e[1]]) for e in entries]
         if stride is None:  # the grid the files were generated on: 1 for CausalVAE's folder
             stride = math.gcd(*(r for pair in ranks for r in pair)) or 1
-        n_i, n_j = grid_sizes(stride) if stride >= 1 else (0, 0)
-        if stride < 1 or min(n_i, n_j) < 2:
-            raise DataError(f"pendulum: stride must be in 1..83, got {stride}")
+        n_i, n_j = checked_grid_sizes(stride)
         self.stride = int(stride)
-        entries = [
-            e
-            for e in entries
-            if (e[0] - PENDULUM_INDICES[0]) % stride == 0 and light_rank[e[1]] % stride == 0
-        ]
+        on_grid = [r_i % stride == 0 and r_j % stride == 0 for r_i, r_j in ranks]
+        entries = [e for e, keep in zip(entries, on_grid, strict=True) if keep]
         if not entries:
             raise DataError(f"pendulum: {self.root}: no file lies on the stride-{stride} grid")
         entries.sort(key=lambda e: (e[4], e[0], e[1]))
