@@ -241,6 +241,12 @@ def test_structure_learns_from_the_structural_terms_only():
     model.zero_grad()
     model(features, labels).losses["mask"].backward()
     assert all(p.grad.abs().sum() > 0 for p in model.mask_layer.parameters())
+    # an observed image's concepts are the SCM's z: the mask layer's functions do not move
+    # them (z' = z), they act under do()
+    model.eval()
+    blocks = model(features, labels).mean
+    torch.testing.assert_close(blocks, model.linear_scm(model.exogenous(features)))
+    torch.testing.assert_close(model.do(blocks, 1, blocks[:, 3:6]), blocks)
 
 
 def test_actions_intervene_and_retrieval():
