@@ -64,7 +64,8 @@ shares the effect with it.
 
 Differences from the official code on purpose (see shared/reference/causalvae.md): the
 posterior variance is used, ``A`` has a zero diagonal and no hand-set initial order, labels are
-normalised by the caller, the DAG penalty is a real augmented Lagrangian, actions move concepts
+normalised by the caller, the DAG penalty is a real augmented Lagrangian, the mask layer's
+noise is the structural residual (step 3), actions move concepts
 by steps measured on the data, and ``do()`` propagates to all descendants (grandchildren too)
 in topological order, for any value.
 """
