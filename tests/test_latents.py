@@ -15,6 +15,7 @@ from vqcausal.data.pendulum_folder import write_causalvae_folder
 from vqcausal.data.registry import load_source
 from vqcausal.models.base import LATENTS, ModelArgs, build_model
 from vqcausal.train.checkpoint import latest_checkpoint, load_model_from_run, save_checkpoint
+from vqcausal.train.loop import clip_groups
 from vqcausal.train.run import main as train
 
 ACTIONS = ["position+", "position-", "hue+", "hue-"]
@@ -117,3 +118,30 @@ def test_scm_concepts_that_do_not_fit_the_data_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "model.scm.concepts = 4 does not fit the toy data" in err and len(err.splitlines()) == 1
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing written
+
+
+def test_the_causal_structure_is_clipped_apart_from_the_representation():
+    """A large reconstruction gradient must not scale the graph's small one down with it."""
+    model = tiny("scm").train()
+    objective = model.stage1_objective()
+    rest, structure = clip_groups(objective, model.separately_clipped())
+    assert {id(p) for p in structure} == {
+        id(p) for p in [model.latent.weights, *model.latent.mask_layer.parameters()]
+    }
+    assert len(rest) + len(structure) == len([p for p in objective.parameters()])
+    assert not {id(p) for p in rest} & {id(p) for p in structure}
+    for p in rest:
+        p.grad = torch.full_like(p, 100.0)
+    for p in structure:
+        p.grad = torch.full_like(p, 1e-3)
+    before = [p.grad.clone() for p in structure]
+    for group in clip_groups(objective, model.separately_clipped()):
+        torch.nn.utils.clip_grad_norm_(group, 1.0)
+    assert all(torch.equal(p.grad, g) for p, g in zip(structure, before, strict=True))
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in rest])) == pytest.approx(
+        1.0, rel=1e-4
+    )
+    # frozen sets (stage 2 freezes the latent) and latents without a graph: one group
+    model.latent.requires_grad_(False)
+    assert len(clip_groups(objective, model.separately_clipped())) == 1
+    assert tiny("gaussian").separately_clipped() == []

@@ -118,6 +118,14 @@ class CausalImageModel(nn.Module, ABC):
     def stage1_modules(self) -> list[nn.Module]:
         """Modules trained in stage 1 and frozen (eval mode, no grad) in stage 2."""
 
+    def separately_clipped(self) -> list[list[nn.Parameter]]:
+        """Parameter sets whose gradients ``train.grad_clip`` clips each by its own norm.
+
+        A small part trained by a few terms (a causal graph) next to a large representation
+        would otherwise have its gradient scaled down by the representation's norm.
+        """
+        return []
+
     def after_step(self, step: int) -> None:
         """Called after every stage-1 optimizer step (schedules that live in the model)."""
 

@@ -46,6 +46,10 @@ class ContinuousLatent(nn.Module, ABC):
         """Extra terms on transition pairs: ``labels`` rows ``[x; x']``, ``actions`` (B/2,)."""
         return {}
 
+    def separately_clipped(self) -> list[list[nn.Parameter]]:
+        """Parameter sets whose gradients are clipped by their own norm, apart from the rest."""
+        return []
+
 
 class ActionShift(nn.Module):
     """Intervention for latents without a causal layer: a learned shift per action."""

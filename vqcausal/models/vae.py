@@ -140,6 +140,9 @@ class ContinuousVAE(CausalImageModel):
             with torch.no_grad():
                 self.latent.update_lagrangian(float(self.latent.acyclicity()))
 
+    def separately_clipped(self) -> list[list[nn.Parameter]]:
+        return self.latent.separately_clipped()
+
     @torch.no_grad()
     def graph(self, latents: torch.Tensor) -> torch.Tensor | None:
         if self.args.model.latent != "scm":

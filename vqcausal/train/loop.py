@@ -92,6 +92,17 @@ def with_reversed_pairs(
     }
 
 
+def clip_groups(module: nn.Module, apart: list[list[nn.Parameter]]) -> list[list[nn.Parameter]]:
+    """``module``'s trained parameters in groups clipped each by its own gradient norm: the
+    sets ``apart`` (those of them ``module`` trains) and, first, everything else."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    trained = {id(p) for p in params}
+    groups = [[p for p in group if id(p) in trained] for group in apart]
+    groups = [group for group in groups if group]
+    taken = {id(p) for group in groups for p in group}
+    return [[p for p in params if id(p) not in taken], *groups]
+
+
 class Trainer:
     """Owns the model, data, run folder and the loop of both stages."""
 
@@ -336,7 +347,11 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         if self.train.grad_clip > 0:
-            self.accelerator.clip_grad_norm_(module.parameters(), self.train.grad_clip)
+            # accelerate's clip_grad_norm_ unscales fp16 gradients on every call, which AMP
+            # allows once per step: unscale once, then clip each group by its own norm
+            self.accelerator.unscale_gradients(optimizer)
+            for group in clip_groups(module, self.model.separately_clipped()):
+                torch.nn.utils.clip_grad_norm_(group, self.train.grad_clip)
         optimizer.step()
 
     def _loop(
