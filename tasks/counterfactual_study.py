@@ -43,8 +43,12 @@ from pathlib import Path
 
 import torch
 
-from vqcausal import ablation
-from vqcausal.cli import SEED, OneLineParser, add_set_arg, bounded
+from vqcausal.commandline import SEED, OneLineParser, add_set_arg, command_main
+from vqcausal.sweep.command import add_engine_args, engine_options, finish
+from vqcausal.sweep.engine import run_sweep
+from vqcausal.sweep.plan import Cell, default_cells
+from vqcausal.sweep.results import evaluated_metrics
+from vqcausal.sweep.spec import SIZES, SweepError
 
 #: name -> (what it is, overrides on the dataset's config), in the order of the table. Each
 #: row adds changes to the row above it; ``default`` is the config as it is.
@@ -100,18 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--datasets", nargs="+", default=["shapes3d"], help="shapes3d sprites")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=", ".join(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=SEED, default=[0])
-    parser.add_argument("--jobs", type=bounded(1, 256), default=1, help="runs at once")
-    parser.add_argument(
-        "--threads", type=bounded(1, 1024), help="torch threads per job (default cores/jobs)"
-    )
-    parser.add_argument("--gpus", help="comma-separated GPU ids, one per job slot")
+    add_engine_args(parser)
     add_set_arg(parser, "train.stage1_steps=20000")
     return parser
 
 
 def training_minutes(run_dir: Path) -> float | None:
     """Wall minutes from the run folder's config to its final checkpoint."""
-    from vqcausal.train.checkpoint import latest_checkpoint
+    from vqcausal.runs import latest_checkpoint
 
     meta = latest_checkpoint(run_dir).meta
     started = (run_dir / "config.toml").stat().st_mtime
@@ -130,21 +130,15 @@ def _get(record: dict, path: tuple[str, ...]) -> float | None:
     return record if isinstance(record, int | float) else None
 
 
-def cells_of(args: argparse.Namespace, variant: str) -> list[ablation.Cell]:
+def cells_of(args: argparse.Namespace, variant: str) -> list[Cell]:
     _, overrides = VARIANTS[variant]
     size = "smoke" if args.size == "smoke" else "full"
-    return ablation.default_cells(
-        size, args.datasets, ["vq"], args.seeds, [*overrides, *args.overrides]
-    )
+    return default_cells(size, args.datasets, ["vq"], args.seeds, [*overrides, *args.overrides])
 
 
-def collect(out: Path, variant: str, cells: list[ablation.Cell]) -> list[dict]:
+def collect(out: Path, variant: str, cells: list[Cell]) -> list[dict]:
     results = []
-    for cell in cells:
-        run_dir = ablation.evaluated_run(out / variant / cell.name)
-        if run_dir is None:
-            continue
-        metrics = json.loads(ablation.metrics_file(run_dir).read_text())
+    for cell, run_dir, metrics in evaluated_metrics(out / variant, cells):
         metrics["train_minutes"] = training_minutes(run_dir)
         row = {title: _get(metrics, path) for title, path in COLUMNS}
         results.append(
@@ -217,24 +211,17 @@ def study(args: argparse.Namespace) -> None:
     start = time.monotonic()
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
-        raise ablation.AblationError(
-            f"unknown variant '{unknown[0]}'; choose from {', '.join(VARIANTS)}"
-        )
+        raise SweepError(f"unknown variant '{unknown[0]}'; choose from {', '.join(VARIANTS)}")
     out = Path(args.out or f"runs/counterfactual_study-{args.size}")
     size = "smoke" if args.size == "smoke" else "full"
-    options = ablation.SweepOptions(
-        jobs=args.jobs,
-        threads=args.threads,
-        gpus=[] if not args.gpus else [g.strip() for g in args.gpus.split(",")],
-        evaluate_args=ablation.SIZES[size].evaluate_args,
-    )
+    options = engine_options(args, 1, SIZES[size].evaluate_args)
     results, outcomes = [], []
     for variant in args.variants:
         cells = cells_of(args, variant)
         print(f"{variant}: {len(cells)} runs in {out / variant}")
-        outcomes += ablation.run_sweep(cells, out / variant, options)
+        outcomes += run_sweep(cells, out / variant, options)
         results += collect(out, variant, cells)
-    from vqcausal.train.checkpoint import write_text_atomic
+    from vqcausal.runs import write_text_atomic
 
     table = markdown(results)
     write_text_atomic(out / "study.md", table)
@@ -245,12 +232,12 @@ def study(args: argparse.Namespace) -> None:
     print()
     print(table)
     print(f"table: {out / 'study.md'}  numbers: {out / 'study.json'}")
-    ablation.finish(outcomes, start)
+    finish(outcomes, start)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run it; 0 on success, 2 on bad input or failed runs, 130 on Ctrl-C."""
-    return ablation.command_main(build_parser, study, argv)
+    return command_main(build_parser, study, argv)
 
 
 if __name__ == "__main__":

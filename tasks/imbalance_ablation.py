@@ -4,13 +4,13 @@ Trains one ordinary run per cell (dataset, latent, mode, rho or k, seed), evalua
 ``vqcausal evaluate`` and tabulates held-out retrieval, with the rarest action singled out.
 Modes: ``actions`` (action frequencies 1 .. 1/rho), ``values`` (every factor's values skewed
 1 .. 1/rho), ``held_out`` (one action held at k distinct training pairs). The library behind it
-is :mod:`vqcausal.ablation`.
+is :mod:`vqcausal.sweep` (cells run as Ray tasks: ``--address`` sends them to a cluster).
 
     python tasks/imbalance_ablation.py --size smoke                  # 2-core CPU: ~14 min
     python tasks/imbalance_ablation.py --size cpu                    # 2-core CPU: ~8 h
     python tasks/imbalance_ablation.py --size full                   # the study, on a GPU
     python tasks/imbalance_ablation.py --size full --modes actions --latents vq gaussian
-    python tasks/imbalance_ablation.py --size full --gpus 0,1,2,3 --jobs 8   # 2 jobs per GPU
+    python tasks/imbalance_ablation.py --size full --address auto    # on a running Ray cluster
 
 Runtime. ``smoke`` (shapes3d; vq and gaussian; rho 1 and 100; one seed; a small model,
 1200 + 600 steps; ``evaluate --fast``): 4 cells, two at a time with one thread each; it took
@@ -20,9 +20,10 @@ Runtime. ``smoke`` (shapes3d; vq and gaussian; rho 1 and 100; one seed; a small 
 192 cells. On one H100 with two cells side by side (the default ``--jobs 2``), a cell at
 1500 + 750 steps took 5m46s: ~1 min training, ~4.5 min ``vqcausal evaluate`` (its
 disentanglement scores alone ~4 min, on the CPU); at the default steps that is ~9 min per
-two cells, so ~15 hours for the whole grid on one GPU, less with more GPUs (``--gpus``) or
-fewer cells (``--modes actions`` alone is 72 cells). On a 2-core CPU a full cell takes
-most of an hour: use a GPU. Each job gets cores / jobs torch threads; on a machine that
+two cells, so ~15 hours for the whole grid on one GPU, less on a cluster of GPUs
+(``--address``; two cells share a GPU, ``--gpus-per-cell``) or fewer cells (``--modes
+actions`` alone is 72 cells). On a 2-core CPU a full cell takes most of an hour: use a GPU.
+Each job gets cores / jobs torch threads; on a machine that
 other work keeps busy, ``--threads 1`` is safer (a toy cell once ran 6x slower with two
 threads than with one while other processes loaded both cores).
 
@@ -66,7 +67,7 @@ from __future__ import annotations
 
 import sys
 
-from vqcausal.ablate import main
+from vqcausal.sweep.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

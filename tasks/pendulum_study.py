@@ -12,10 +12,12 @@ folder with ``--path``) with the ordinary training code, then reports, per laten
 * a do-grid PNG: ``scm`` rows = do(concept_i = v) for v over +-2 label std, the others rows =
   actions applied 1..6 times.
 
-Runs are resumable: a finished run (latent, seed) is skipped, an unfinished one resumed. Output
-in ``--out`` (default ``runs/pendulum_study``; one folder per data setting): ``study.json``,
-``study.md`` (mean ± std over ``--seeds``, beside CausalVAE's published MIC / TIC),
-``do_grid_<latent>_s<seed>.png``.
+The runs are a sweep's cells (``pendulum-<latent>-default-s<seed>``, each trained and put
+through ``vqcausal evaluate --fast`` on Ray, :mod:`vqcausal.sweep`), so a re-run skips finished
+cells and resumes stopped ones, ``--jobs`` trains several at once and ``--address`` sends them
+to a Ray cluster. Output in ``--out`` (default ``runs/pendulum_study``; one folder per data
+setting): ``study.json``, ``study.md`` (mean ± std over ``--seeds``, beside CausalVAE's
+published MIC / TIC), ``do_grid_<latent>_s<seed>.png``.
 
     python tasks/pendulum_study.py                       # scm, gaussian, ladder, vq; CPU ~40 min
     python tasks/pendulum_study.py --latents scm         # the CausalVAE latent only, ~10 min
@@ -31,67 +33,34 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
 from scipy.stats import spearmanr
 
-from vqcausal.cli import add_set_arg
-from vqcausal.cli import run as run_cli
+from vqcausal.commandline import SEED, OneLineParser, add_set_arg, command_main
 from vqcausal.data.registry import load_source
 from vqcausal.data.source import GroundTruthSource, to_float
 from vqcausal.data.transitions import TransitionSampler
-from vqcausal.errors import VQCausalError
+from vqcausal.eval.grids import intervention_grid
 from vqcausal.eval.mic import mic, mic_per_concept
 from vqcausal.eval.structure import edge_counts, shd
 from vqcausal.models.base import LATENTS, CausalImageModel
-from vqcausal.train import run as train_run
-from vqcausal.train.checkpoint import (
-    CheckpointError,
+from vqcausal.runs import (
     config_from_meta,
     latest_checkpoint,
     load_model_from_run,
+    write_text_atomic,
 )
-from vqcausal.train.evaluation import intervention_grid
+from vqcausal.sweep.command import add_engine_args, engine_options, finish
+from vqcausal.sweep.engine import run_sweep
+from vqcausal.sweep.plan import default_cells
+from vqcausal.sweep.results import evaluated_metrics
 from vqcausal.viz import labelled_rows, save_png
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "pendulum_scm.toml"
 ALIGNMENT_POINTS = 1000
 DO_VALUES = torch.linspace(-2.0, 2.0, 7)
-
-
-def find_run(out: Path, latent: str, seed: int) -> Path | None:
-    """The newest run folder of this latent and seed under ``out`` with a checkpoint, if any."""
-    runs = []
-    for folder in out.glob(f"{latent}-s{seed}-*"):
-        try:
-            runs.append((latest_checkpoint(folder).meta["saved_at"], folder))
-        except CheckpointError:
-            continue
-    return max(runs)[1] if runs else None
-
-
-def train(out: Path, latent: str, seed: int, path: str | None, overrides: list[str]) -> Path:
-    """Train (or resume, or skip when finished) one latent and seed; returns its run folder."""
-    found = find_run(out, latent, seed)
-    if found is not None and latest_checkpoint(found).finished:
-        print(f"{latent} seed {seed}: finished run {found}, skipped")
-        return found
-    if found is not None:
-        argv = ["--resume", str(found)]
-    else:
-        name = f"{latent}-s{seed}"
-        sets = [f'model.latent="{latent}"', f'runs="{out}"', f'name="{name}"', f"seed={seed}"]
-        sets += overrides
-        if path is not None:
-            sets.append(f"data.path={json.dumps(path)}")
-        argv = ["--config", str(CONFIG)] + [a for s in sets for a in ("--set", s)]
-    code = train_run.main(argv)
-    if code != 0:
-        raise VQCausalError(f"{latent} seed {seed}: training failed (exit {code})")
-    found = find_run(out, latent, seed)
-    assert found is not None
-    return found
 
 
 @torch.no_grad()
@@ -234,32 +203,42 @@ def markdown(results: list[dict], concept_names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+#: evaluate's options for a study cell (its own figures come from the study)
+EVALUATE_ARGS = ("--fast", "--pairs", "1024", "--no-disentanglement")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="pendulum_study.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--latents", nargs="+", default=list(LATENTS), choices=list(LATENTS))
     parser.add_argument("--path", help="a CausalVAE pendulum folder (default: procedural)")
     parser.add_argument("--out", default="runs/pendulum_study", help="study folder")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed")
+    parser.add_argument("--seeds", nargs="+", type=SEED, default=[0], help="one run per seed")
+    add_engine_args(parser)
     add_set_arg(parser, "train.stage1_steps=20000")
-    args = parser.parse_args(argv)
+    return parser
 
-    def work() -> None:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        results = []
-        for latent in args.latents:
-            for seed in args.seeds:
-                run_dir = train(out, latent, seed, args.path, args.overrides)
-                results.append(study_one(run_dir, out))
-        source_names = load_source(
-            config_from_meta(latest_checkpoint(run_dir).meta).data
-        ).concept_names
-        (out / "study.json").write_text(json.dumps(results, indent=2))
-        table = markdown(results, source_names)
-        (out / "study.md").write_text(table)
+
+def study(args: argparse.Namespace) -> None:
+    start = time.monotonic()
+    overrides = list(args.overrides)
+    if args.path is not None:
+        overrides.append(f"data.path={json.dumps(args.path)}")
+    cells = default_cells("full", ["pendulum"], args.latents, args.seeds, overrides)
+    out = Path(args.out)
+    outcomes = run_sweep(cells, out, engine_options(args, 1, EVALUATE_ARGS))
+    results = [study_one(run_dir, out) for _, run_dir, _ in evaluated_metrics(out, cells)]
+    if results:
+        source = load_source(config_from_meta(latest_checkpoint(results[0]["run"]).meta).data)
+        write_text_atomic(out / "study.json", json.dumps(results, indent=2))
+        table = markdown(results, source.concept_names)
+        write_text_atomic(out / "study.md", table)
         print(table)
+    finish(outcomes, start)
 
-    return run_cli(work)
+
+def main(argv: list[str] | None = None) -> int:
+    """Run it; 0 on success, 2 on bad input or failed runs, 130 on Ctrl-C."""
+    return command_main(build_parser, study, argv)
 
 
 if __name__ == "__main__":

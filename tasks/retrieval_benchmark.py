@@ -6,7 +6,7 @@ reports held-out action retrieval for both heads, ``synthesis`` (score every act
 well it predicts x''s codes) and ``classifier`` (a learned head on the two code grids):
 accuracy, balanced accuracy, the worst action's accuracy, undirected accuracy (right factor,
 either direction) and top-3. Runs use the same resumable machinery as the imbalance ablation
-(:mod:`vqcausal.ablation`): an evaluated run is skipped, an unfinished one resumed.
+(:mod:`vqcausal.sweep`, on Ray): an evaluated run is skipped, an unfinished one resumed.
 
     python tasks/retrieval_benchmark.py --size smoke          # 2-core CPU: ~4 min
     python tasks/retrieval_benchmark.py --size full           # default steps: one GPU ~10 min
@@ -36,9 +36,13 @@ import sys
 import time
 from pathlib import Path
 
-from vqcausal import ablation
-from vqcausal.cli import SEED, add_set_arg, bounded
+from vqcausal.commandline import SEED, OneLineParser, add_set_arg, command_main
 from vqcausal.models.base import RETRIEVAL_METHODS
+from vqcausal.sweep.command import add_engine_args, engine_options, finish
+from vqcausal.sweep.engine import run_sweep
+from vqcausal.sweep.plan import Cell, default_cells
+from vqcausal.sweep.results import evaluated_metrics
+from vqcausal.sweep.spec import SIZES
 
 #: (metrics.json key under retrieval.<method>, table header)
 COLUMNS = (
@@ -50,24 +54,14 @@ COLUMNS = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="retrieval_benchmark.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="retrieval_benchmark.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="smoke", help="smoke (CPU, minutes) | full (GPU)")
     parser.add_argument("--out", help="benchmark folder (default runs/retrieval_benchmark-SIZE)")
     parser.add_argument("--datasets", nargs="+", default=["shapes3d", "sprites"])
     parser.add_argument("--latents", nargs="+", default=["vq"], help="vq scm gaussian ladder")
     parser.add_argument("--seeds", nargs="+", type=SEED, default=[0])
-    parser.add_argument("--jobs", type=bounded(1, 256), help="runs at once (default 2)")
-    parser.add_argument(
-        "--threads", type=bounded(1, 1024), help="torch threads per job (default cores/jobs)"
-    )
-    parser.add_argument("--gpus", help="comma-separated GPU ids, one per job slot")
+    add_engine_args(parser)
     add_set_arg(parser, 'train.mixed_precision="bf16"')
     return parser
 
@@ -83,13 +77,9 @@ def retrieval_numbers(metrics: dict) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def collect(out: Path, cells: list[ablation.Cell]) -> list[dict]:
+def collect(out: Path, cells: list[Cell]) -> list[dict]:
     results = []
-    for cell in cells:
-        run_dir = ablation.evaluated_run(out / cell.name)
-        if run_dir is None:
-            continue
-        metrics = json.loads(ablation.metrics_file(run_dir).read_text())
+    for cell, run_dir, metrics in evaluated_metrics(out, cells):
         results.append(
             {
                 "dataset": cell.dataset,
@@ -131,34 +121,27 @@ def markdown(results: list[dict]) -> str:
 
 def benchmark(args: argparse.Namespace) -> None:
     start = time.monotonic()
-    cells = ablation.default_cells(
-        args.size, args.datasets, args.latents, args.seeds, args.overrides
-    )
-    spec = ablation.SIZES[args.size]
-    options = ablation.SweepOptions(
-        jobs=min(spec.jobs, len(cells)) if args.jobs is None else args.jobs,
-        threads=args.threads,
-        gpus=[] if not args.gpus else [g.strip() for g in args.gpus.split(",")],
-        evaluate_args=spec.evaluate_args,
-    )
+    cells = default_cells(args.size, args.datasets, args.latents, args.seeds, args.overrides)
+    spec = SIZES[args.size]
+    options = engine_options(args, min(spec.jobs, len(cells)), spec.evaluate_args)
     out = Path(args.out or f"runs/retrieval_benchmark-{args.size}")
-    print(f"{len(cells)} runs, {options.jobs} at a time, in {out}")
-    outcomes = ablation.run_sweep(cells, out, options)
+    print(f"{len(cells)} runs in {out}")
+    outcomes = run_sweep(cells, out, options)
     results = collect(out, cells)
     table = markdown(results)
-    from vqcausal.train.checkpoint import write_text_atomic
+    from vqcausal.runs import write_text_atomic
 
     write_text_atomic(out / "retrieval.md", table)
     write_text_atomic(out / "retrieval.json", json.dumps(results, indent=2) + "\n")
     print()
     print(table)
     print(f"table: {out / 'retrieval.md'}  numbers: {out / 'retrieval.json'}")
-    ablation.finish(outcomes, start)
+    finish(outcomes, start)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run it; 0 on success, 2 on bad input or failed runs, 130 on Ctrl-C."""
-    return ablation.command_main(build_parser, benchmark, argv)
+    return command_main(build_parser, benchmark, argv)
 
 
 if __name__ == "__main__":

@@ -76,3 +76,18 @@ def trained_run(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     assert train(["--config", "configs/smoke.toml", "--set", f'runs="{runs}"']) == 0
     return run_folder(runs)
+
+
+#: configs/smoke.toml-sized and a few dozen steps: what sweep and study tests train for real
+TOY_TINY = (
+    "model.autoencoder.widths=[16, 32]",
+    "model.autoencoder.embed_dim=32",
+    "model.quantizer.codebook_size=32",
+    "model.transition.hidden=32",
+    "train.stage1_steps=40",
+    "train.stage2_steps=30",
+    "train.cache_pairs=500",
+    "train.eval_pairs=64",
+    "train.checkpoint_every=20",
+    "train.log_every=10",
+)

@@ -6,22 +6,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+from conftest import TOY_TINY
 from PIL import Image
 
 from vqcausal.config import load_config
-
-TOY_TINY = (  # configs/smoke.toml-sized and a few dozen steps
-    "model.autoencoder.widths=[16, 32]",
-    "model.autoencoder.embed_dim=32",
-    "model.quantizer.codebook_size=32",
-    "model.transition.hidden=32",
-    "train.stage1_steps=40",
-    "train.stage2_steps=30",
-    "train.cache_pairs=500",
-    "train.eval_pairs=64",
-    "train.checkpoint_every=20",
-    "train.log_every=10",
-)
 
 
 def load_study():

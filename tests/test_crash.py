@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from vqcausal.train.checkpoint import CheckpointError, latest_checkpoint, load_model_from_run
+from vqcausal.runs import CheckpointError, latest_checkpoint, load_model_from_run
 from vqcausal.train.run import main as train
 
 STEPS = [

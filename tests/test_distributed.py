@@ -18,7 +18,7 @@ import subprocess
 import pytest
 from conftest import run_folder, stage2_train_retrieval
 
-from vqcausal.train.checkpoint import latest_checkpoint
+from vqcausal.runs import latest_checkpoint
 
 TORCHRUN = shutil.which("torchrun")
 

@@ -22,7 +22,7 @@ from vqcausal.data.registry import load_source
 from vqcausal.data.transitions import TransitionConfig, TransitionSampler
 from vqcausal.eval.evaluate import align_latents, json_safe
 from vqcausal.eval.oracle import OracleSettings, atomicity_report, load_or_train_oracle
-from vqcausal.train.checkpoint import config_from_meta, latest_checkpoint
+from vqcausal.runs import config_from_meta, latest_checkpoint
 from vqcausal.train.evaluation import EvalSet
 from vqcausal.train.run import main as train
 

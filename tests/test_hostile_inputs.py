@@ -34,7 +34,7 @@ from test_hostile_runs import other_config, tamper_header, toy_pngs
 
 from vqcausal.cli import main as cli
 from vqcausal.config import read_toml
-from vqcausal.train.checkpoint import latest_checkpoint
+from vqcausal.runs import latest_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_ERRORS = {

@@ -16,7 +16,7 @@ from PIL import Image
 
 from vqcausal.cli import main as cli
 from vqcausal.data.toy import ToyRenderer
-from vqcausal.train.checkpoint import latest_checkpoint
+from vqcausal.runs import latest_checkpoint
 
 
 def toy_pngs(folder: Path) -> tuple[Path, Path]:

@@ -14,7 +14,8 @@ from vqcausal.data.pendulum import PendulumRenderer
 from vqcausal.data.pendulum_folder import write_causalvae_folder
 from vqcausal.data.registry import load_source
 from vqcausal.models.base import LATENTS, ModelArgs, build_model
-from vqcausal.train.checkpoint import latest_checkpoint, load_model_from_run, save_checkpoint
+from vqcausal.runs import latest_checkpoint, load_model_from_run
+from vqcausal.train.checkpoint import save_checkpoint
 from vqcausal.train.loop import clip_groups
 from vqcausal.train.run import main as train
 

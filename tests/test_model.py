@@ -10,7 +10,8 @@ import torch
 from vqcausal.config import load_config
 from vqcausal.models.base import ModelArgs
 from vqcausal.models.ctvae import CausalVQVAE
-from vqcausal.train.checkpoint import load_model_from_run, save_checkpoint
+from vqcausal.runs import load_model_from_run
+from vqcausal.train.checkpoint import save_checkpoint
 
 ACTIONS = ["position+", "position-", "hue+", "hue-"]
 
@@ -76,7 +77,7 @@ def test_checkpoint_save_load_gives_identical_outputs(tmp_path):
 
 def test_checkpoints_written_before_new_shape_keys_rebuild_their_model():
     from vqcausal.models.base import ModelArgs, ModelConfig, build_model
-    from vqcausal.train.checkpoint import model_args_from_meta
+    from vqcausal.runs import model_args_from_meta
 
     old = ModelArgs([3, 16, 16], ["a+", "a-"], ModelConfig()).to_dict()
     del old["model"]["classifier_layers"], old["model"]["transition"]["update_expansion"]
@@ -91,7 +92,7 @@ def test_checkpoints_written_before_new_shape_keys_rebuild_their_model():
 def test_runs_from_before_per_source_strides_still_load():
     """Older runs recorded ``data.stride = 3`` for every dataset (one default for all)."""
     from vqcausal.config import Config, DataConfig, to_dict
-    from vqcausal.train.checkpoint import config_from_meta
+    from vqcausal.runs import config_from_meta
 
     old = to_dict(Config())
     old["data"]["stride"] = 3

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from test_crash import argv, newest_step, only_run
 
-from vqcausal.train.checkpoint import CheckpointError, latest_checkpoint, metric_records, run_lock
+from vqcausal.runs import CheckpointError, latest_checkpoint, metric_records
+from vqcausal.train.checkpoint import run_lock
 from vqcausal.train.run import main as train
 
 REPO = Path(__file__).resolve().parent.parent

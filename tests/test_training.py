@@ -15,7 +15,7 @@ from vqcausal.config import TrainConfig, load_config
 from vqcausal.data.toy import ToyRenderer
 from vqcausal.data.transitions import TransitionSampler
 from vqcausal.errors import VQCausalError
-from vqcausal.train.checkpoint import latest_checkpoint
+from vqcausal.runs import latest_checkpoint
 from vqcausal.train.run import main as train
 
 TINY = [

@@ -31,7 +31,7 @@ import bench_scaling
 import torch
 
 from vqcausal.benchmarking import PEAK_MB_TARGET, SETTINGS, console, rates_table, write_report
-from vqcausal.cli import OneLineParser, bounded
+from vqcausal.commandline import OneLineParser, bounded
 
 BENCHES = {**bench_data.BENCHES, **bench_model.BENCHES}
 TARGET_SOURCES = {

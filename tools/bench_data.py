@@ -21,7 +21,7 @@ from vqcausal.benchmarking import (
     spread,
     write_report,
 )
-from vqcausal.cli import OneLineParser, bounded
+from vqcausal.commandline import OneLineParser, bounded
 from vqcausal.config import DataConfig
 from vqcausal.data.registry import load_source
 from vqcausal.data.source import GroundTruthSource

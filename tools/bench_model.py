@@ -33,7 +33,7 @@ from vqcausal.benchmarking import (
     spread,
     write_report,
 )
-from vqcausal.cli import OneLineParser, bounded
+from vqcausal.commandline import OneLineParser, bounded
 
 BENCHES = {
     "stage1_train": ("images/s", "VQ-VAE step (encode, quantize, decode, backward)"),

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vqcausal.benchmarking import median_rate, setting_config, spread, write_report
-from vqcausal.cli import OneLineParser, bounded
+from vqcausal.commandline import OneLineParser, bounded
 from vqcausal.models.base import ModelArgs, build_model
 
 ACTIONS = (4, 8, 12, 20, 40)

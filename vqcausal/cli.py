@@ -8,83 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from vqcausal.commandline import (
+    MAX_PAIRS,
+    SEED,
+    OneLineParser,
+    add_config_args,
+    add_run_args,
+    bounded,
+    config_from_args,
+    run,
+)
 from vqcausal.errors import VQCausalError
-
-EXIT_USER_ERROR = 2
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad arguments are one ``error:`` line and exit status 2, like every other user error."""
-
-    def error(self, message: str):  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR)
-
-
-def bounded(low: float, high: float, kind: type = int) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` in [low, high], else one line naming the range.
-
-    Every numeric option has one, so a typo such as ``--steps 1000000000`` fails at once
-    instead of allocating terabytes or running for ever."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            what = "a whole number" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"wants {what}, got {text[:40]!r}") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, got {text[:40]}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-SEED = bounded(0, 2**31 - 1)
-#: images or pairs one command may render or score at once
-MAX_PAIRS = 1_000_000
-
-
-def add_set_arg(parser: argparse.ArgumentParser, example: str = "transitions.imbalance=10") -> None:
-    """Repeatable ``--set section.key=value`` config overrides (into ``args.overrides``)."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a config field, e.g. --set {example} (repeatable)",
-    )
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """--config / --set plus shortcuts for the data section."""
-    parser.add_argument("--config", help="TOML config file (see configs/)")
-    add_set_arg(parser)
-    parser.add_argument("--dataset", help="shapes3d | sprites | pendulum | folder")
-    parser.add_argument("--path", help="a dataset file or folder you already have")
-
-
-def config_from_args(args: argparse.Namespace):
-    from vqcausal.config import load_config
-
-    overrides = list(args.overrides)
-    if getattr(args, "dataset", None):
-        overrides.append(f'data.dataset="{args.dataset}"')
-    if getattr(args, "path", None):
-        overrides.append(f"data.path={json.dumps(args.path)}")
-    return load_config(args.config, overrides)
-
-
-def add_run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", help="run folder (default: newest finished run under --runs)")
-    parser.add_argument("--runs", default="runs", help="where to look for runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ablate.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the sweep")
     ablate.set_defaults(handler=_ablate)
+    tune = commands.add_parser(
+        "tune", help="hyperparameter search over --set keys on Ray Tune (ranked table, best TOML)"
+    )
+    tune.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the search")
+    tune.set_defaults(handler=_tune)
 
     train = commands.add_parser("train", help="train a model (same as train.py)")
     train.add_argument("args", nargs=argparse.REMAINDER, help="arguments for train.py")
@@ -350,6 +293,10 @@ def _ablate(args: argparse.Namespace) -> None:
     raise SystemExit(_pass_through("ablate")(args.args))
 
 
+def _tune(args: argparse.Namespace) -> None:
+    raise SystemExit(_pass_through("tune")(args.args))
+
+
 def _report(args: argparse.Namespace) -> None:
     from vqcausal.eval.report import build_report
 
@@ -377,37 +324,25 @@ def _evaluate(args: argparse.Namespace) -> None:
     print_summary(result)
 
 
-def run(handler: Callable[[], None]) -> int:
-    """Run a command body, turning user errors into one line and an exit status."""
-    try:
-        handler()
-    except VQCausalError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except OSError as err:  # unwritable output path, disk full, ...
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
-
-
 def _pass_through(command: str) -> Callable[[list[str]], int]:
-    """``train`` and ``ablate`` hand their arguments to their own parsers as they are
+    """``train``, ``ablate`` and ``tune`` hand their arguments to their own parsers as they are
     (argparse's REMAINDER does not capture a leading ``--option`` inside a subcommand)."""
     if command == "train":
         from vqcausal.train.run import main as train_main
 
         return train_main
-    from vqcausal.ablate import main as ablate_main
+    if command == "tune":
+        from vqcausal.sweep.tune import main as tune_main
+
+        return tune_main
+    from vqcausal.sweep.command import main as ablate_main
 
     return ablate_main
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("train", "ablate"):
+    if argv and argv[0] in ("train", "ablate", "tune"):
         return _pass_through(argv[0])(argv[1:])
     try:
         args = build_parser().parse_args(argv)

@@ -10,7 +10,7 @@ import torch
 from vqcausal.errors import VQCausalError
 from vqcausal.imageio import image_files, load_image
 from vqcausal.models.base import CausalImageModel
-from vqcausal.train.checkpoint import load_model_from_run, newest_finished_run
+from vqcausal.runs import load_model_from_run, newest_finished_run
 
 
 def open_run(run: str | None, runs_root: str = "runs") -> tuple[CausalImageModel, Path]:

@@ -49,7 +49,7 @@ from vqcausal.data.transitions import SPLITS, Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
 from vqcausal.eval.pairs import CHUNK, PairLatents, chunks, encode_images, model_device
 from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel
-from vqcausal.train.checkpoint import Checkpoint
+from vqcausal.runs import Checkpoint
 
 DEFAULT_PAIRS = 1024
 FAST_PAIRS = 128
@@ -98,7 +98,7 @@ def prepare(
 ) -> Inputs:
     """Load and check the run, its data and the options; writes nothing."""
     from vqcausal.data.registry import load_source
-    from vqcausal.train.checkpoint import config_from_meta, load_model_from_run, read_latent_cache
+    from vqcausal.runs import config_from_meta, load_model_from_run, read_latent_cache
 
     if split not in SPLITS:
         raise EvaluationError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
@@ -433,8 +433,8 @@ def save_figures(
     graph: torch.Tensor | None,
 ) -> list[Path]:
     from vqcausal.eval.counterfactual import diagnosis_rows
+    from vqcausal.eval.grids import intervention_grid
     from vqcausal.eval.plots import confusion_png, per_action_bar
-    from vqcausal.train.evaluation import intervention_grid
     from vqcausal.viz import heatmap, labelled_rows, save_png
 
     paths = []
@@ -511,7 +511,7 @@ def run_evaluation(
     from vqcausal.eval.counterfactual import counterfactual_section, training_fit
     from vqcausal.eval.disentanglement import DisentanglementSettings
     from vqcausal.eval.oracle import OracleSettings, load_or_train_oracle
-    from vqcausal.train.checkpoint import write_text_atomic
+    from vqcausal.runs import write_text_atomic
 
     status = status or _nothing
     model, source, sampler, t = inputs.model, inputs.source, inputs.sampler, inputs.transitions

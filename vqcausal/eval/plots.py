@@ -126,7 +126,7 @@ def _flat_numbers(record: dict) -> dict[str, float]:
 
 def _read_records(metrics_jsonl: Path) -> Iterable[dict]:
     """The usable records (partial writes and junk are skipped with a warning)."""
-    from vqcausal.train.checkpoint import metric_records
+    from vqcausal.runs import metric_records
 
     return (record for _, record in metric_records(Path(metrics_jsonl)))
 

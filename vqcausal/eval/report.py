@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vqcausal.errors import VQCausalError
 from vqcausal.eval import plots
-from vqcausal.train.checkpoint import check_run_dir, write_text_atomic
+from vqcausal.runs import check_run_dir, write_text_atomic
 
 #: lists longer than this (or nested, like confusion matrices) stay out of the table
 MAX_LIST_IN_TABLE = 8

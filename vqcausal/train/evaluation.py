@@ -9,6 +9,7 @@ import torch
 
 from vqcausal.data.source import to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
+from vqcausal.eval.grids import intervention_grid
 from vqcausal.eval.metrics import code_change_summary, psnr, retrieval_summary
 from vqcausal.eval.pairs import chunks, model_device
 from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel
@@ -70,20 +71,6 @@ def evaluate(model: CausalImageModel, data: EvalSet, with_transition: bool = Tru
     ]
     metrics["counterfactual_psnr"] = torch.cat(cf_psnr).mean().item()
     return metrics
-
-
-@torch.no_grad()
-def intervention_grid(
-    model: CausalImageModel, x: torch.Tensor, steps: int = 4
-) -> tuple[list, list]:
-    """Rows = actions; columns = x then the counterfactual after 1..steps applications."""
-    num_actions = model.args.num_actions
-    device = model_device(model)
-    source = to_float(x[:1]).to(device).expand(num_actions, -1, -1, -1)
-    actions = torch.arange(num_actions, device=device)[:, None].expand(-1, steps)
-    out = model.intervene(source, actions)  # (A, steps, C, H, W)
-    rows = [torch.cat([source[a : a + 1], out[a]]).cpu() for a in range(num_actions)]
-    return rows, list(model.args.action_names)
 
 
 @torch.no_grad()

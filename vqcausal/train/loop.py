@@ -27,19 +27,18 @@ from vqcausal.data.source import ConceptScaler, GroundTruthSource, to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
 from vqcausal.models.base import CausalImageModel
-from vqcausal.schedule import lr_factor
-from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
-from vqcausal.train.checkpoint import (
+from vqcausal.runs import (
     CACHE_KEYS,
     LATENT_CACHE,
     Checkpoint,
-    load_train_state,
     metric_records,
     read_latent_cache,
     resume_hint,
-    save_checkpoint,
     write_text_atomic,
 )
+from vqcausal.schedule import lr_factor
+from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
+from vqcausal.train.checkpoint import load_train_state, save_checkpoint
 from vqcausal.train.evaluation import EvalSet, evaluate, save_figures
 
 

@@ -22,22 +22,20 @@ from pathlib import Path
 
 import tomli_w
 
-from vqcausal.cli import OneLineParser, add_config_args, config_from_args, run
+from vqcausal.commandline import OneLineParser, add_config_args, config_from_args, run
 from vqcausal.config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from vqcausal.data.registry import load_source
 from vqcausal.data.source import ConceptScaler, GroundTruthSource
 from vqcausal.data.transitions import TransitionSampler, action_concept_steps
-from vqcausal.train.checkpoint import (
-    DISK_FULL,
+from vqcausal.runs import (
     config_from_meta,
     latest_checkpoint,
     load_weights,
     model_args_from_meta,
-    new_run_dir,
     resume_hint,
-    run_lock,
     write_text_atomic,
 )
+from vqcausal.train.checkpoint import DISK_FULL, new_run_dir, run_lock
 
 STAGES = {"all": (1, 2), "1": (1,), "2": (2,)}
 

@@ -7,26 +7,19 @@ import dataclasses
 import importlib.util
 import json
 import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
 
-from vqcausal import ablation
-from vqcausal.ablation import AblationError, Cell, SweepOptions
 from vqcausal.config import load_config
+from vqcausal.sweep import cells as cell_folders
+from vqcausal.sweep import command, engine, results, spec, tables
+from vqcausal.sweep import plan as planner
+from vqcausal.sweep.plan import Cell
+from vqcausal.sweep.spec import SweepError
 from vqcausal.train.run import config_toml
-
-TOY_TINY = (  # configs/smoke.toml-sized and a few dozen steps: the real end-to-end cell
-    "model.autoencoder.widths=[16, 32]",
-    "model.autoencoder.embed_dim=32",
-    "model.quantizer.codebook_size=32",
-    "train.stage1_steps=40",
-    "train.stage2_steps=30",
-    "train.cache_pairs=500",
-    "train.eval_pairs=64",
-    "train.checkpoint_every=20",
-    "train.log_every=10",
-)
 
 
 def resolved(cell: Cell):
@@ -36,7 +29,7 @@ def resolved(cell: Cell):
 
 # ---- planner ------------------------------------------------------------------------------------
 def test_smoke_plan_is_the_small_grid():
-    cells = ablation.plan("smoke")
+    cells = planner.plan("smoke")
     assert [c.name for c in cells] == [
         "shapes3d-vq-actions-rho1-s0",
         "shapes3d-gaussian-actions-rho1-s0",
@@ -45,12 +38,12 @@ def test_smoke_plan_is_the_small_grid():
     ]
     config = resolved(cells[2])
     assert config.model.autoencoder.widths == [16, 32, 64]
-    assert f"train.stage1_steps={config.train.stage1_steps}" in ablation.SMOKE_OVERRIDES
+    assert f"train.stage1_steps={config.train.stage1_steps}" in spec.SMOKE_OVERRIDES
     assert config.transitions.imbalance == 100.0 and config.model.latent == "vq"
 
 
 def test_cpu_plan_is_the_issue_grid_with_the_default_model():
-    cells = ablation.plan("cpu")
+    cells = planner.plan("cpu")
     latents = ("vq", "gaussian", "ladder")
     per_seed = [f"shapes3d-{lat}-actions-rho{rho}" for rho in (1, 10, 100) for lat in latents]
     per_seed += [f"shapes3d-{lat}-held_out-k16" for lat in latents]
@@ -64,7 +57,7 @@ def test_cpu_plan_is_the_issue_grid_with_the_default_model():
 
 
 def test_full_plan_counts_names_and_seed_major_order():
-    cells = ablation.plan(
+    cells = planner.plan(
         "full", datasets=["shapes3d"], latents=["vq", "scm"], rhos=[1, 10], ks=[1, 5], seeds=[0, 1]
     )
     # per seed and latent: actions rho 1, 10; values rho 10 (rho 1 is the actions cell);
@@ -77,21 +70,21 @@ def test_full_plan_counts_names_and_seed_major_order():
     assert "shapes3d-vq-values-rho1-s0" not in names
     assert [c.seed for c in cells] == [0] * 10 + [1] * 10
     # without the actions mode, values keeps its own uniform cell
-    only_values = ablation.plan(
+    only_values = planner.plan(
         "full", datasets=["sprites"], latents=["vq"], modes=["values"], rhos=[1, 10], seeds=[0]
     )
     assert [c.name for c in only_values] == [
         "sprites-vq-values-rho1-s0",
         "sprites-vq-values-rho10-s0",
     ]
-    full = ablation.plan("full")
+    full = planner.plan("full")
     assert len(full) == 2 * 4 * 3 * (3 + 2 + 3)
 
 
 def test_overrides_realise_each_mode_and_the_latent():
     cells = {
         c.name: c
-        for c in ablation.plan(
+        for c in planner.plan(
             "full",
             datasets=["shapes3d", "sprites"],
             latents=["vq", "scm"],
@@ -116,9 +109,9 @@ def test_overrides_realise_each_mode_and_the_latent():
     assert resolved(cells["sprites-scm-held_out-k5-s3"]).transitions.rare_action == "scale+"
     assert not any("scm" in o for o in cells["sprites-vq-actions-rho10-s3"].overrides)
     # size "full" keeps each dataset's own model and steps
-    default = load_config(ablation.CONFIG_DIR / "shapes3d.toml")
+    default = load_config(spec.CONFIG_DIR / "shapes3d.toml")
     assert actions.train.stage1_steps == default.train.stage1_steps
-    custom = ablation.plan(
+    custom = planner.plan(
         "smoke", modes=["held_out"], ks=[2], held_out_actions={"shapes3d": "scale-"}
     )
     assert resolved(custom[0]).transitions.rare_action == "scale-"
@@ -140,8 +133,8 @@ def test_overrides_realise_each_mode_and_the_latent():
     ],
 )
 def test_bad_grids_are_one_line_errors(kwargs, message):
-    with pytest.raises(AblationError, match=message):
-        ablation.plan(**kwargs)
+    with pytest.raises(SweepError, match=message):
+        planner.plan(**kwargs)
 
 
 # ---- skipping and resuming (no training: the runner is mocked) ----------------------------------
@@ -238,7 +231,15 @@ class FakeRunner:
 
 @pytest.fixture
 def toy_cells() -> list[Cell]:
-    return ablation.plan("smoke", datasets=["toy"], latents=["vq", "gaussian"], rhos=[1, 10])
+    return planner.plan("smoke", datasets=["toy"], latents=["vq", "gaussian"], rhos=[1, 10])
+
+
+def bring_to_done(cells: list[Cell], sweep: Path, runner, evaluate_args=()) -> list:
+    """What each Ray task of a sweep does, here in this process."""
+    return [
+        cell_folders.run_cell(cell, sweep, {"OMP_NUM_THREADS": "1"}, runner, evaluate_args)
+        for cell in cells
+    ]
 
 
 def test_finished_cells_are_skipped_and_unfinished_ones_resumed(tmp_path, toy_cells):
@@ -252,8 +253,7 @@ def test_finished_cells_are_skipped_and_unfinished_ones_resumed(tmp_path, toy_ce
     (tmp_path / ".oracle").mkdir()
     (tmp_path / ".oracle" / "oracle-toy.safetensors").write_bytes(b"weights")
     runner = FakeRunner()
-    options = SweepOptions(jobs=2, gpus=["3", "5"], evaluate_args=("--fast",))
-    outcomes = ablation.run_sweep(toy_cells, tmp_path, options, runner=runner, echo=lambda _: None)
+    outcomes = bring_to_done(toy_cells, tmp_path, runner, ("--fast",))
 
     assert [o.status for o in outcomes] == ["skipped", "done", "done", "done"]
     assert [o.message for o in outcomes[1:]] == [
@@ -275,60 +275,91 @@ def test_finished_cells_are_skipped_and_unfinished_ones_resumed(tmp_path, toy_ce
     evaluated = Path(evaluate_argv[evaluate_argv.index("evaluate") + 1])
     assert evaluate_argv[evaluate_argv.index("--out") + 1] == str(evaluated / "eval")
     assert evaluate_argv[-1] == "--fast"
-    # jobs get their share of the cores and their own GPU, round-robin
-    threads = str(max(1, ablation.usable_cores() // 2))
-    assert {env["OMP_NUM_THREADS"] for _, env in runner.calls} == {threads}
-    assert {env["CUDA_VISIBLE_DEVICES"] for _, env in runner.calls} <= {"3", "5"}
     # the shared oracle reached every evaluated run, and the cache kept what they made
     for cell in (resume, evaluate_only, new):
-        run_dir = ablation.evaluated_run(tmp_path / cell.name)
+        run_dir = cell_folders.evaluated_run(tmp_path / cell.name)
         assert (run_dir / "eval" / "oracle-toy.safetensors").read_bytes() == b"weights"
     assert (tmp_path / ".oracle" / "oracle-toy.json").exists()
     assert json.loads((tmp_path / new.name / "cell.json").read_text())["name"] == new.name
 
-    # a second sweep finds everything done and runs nothing
+    # a second pass finds everything done and runs nothing
     again = FakeRunner()
-    outcomes = ablation.run_sweep(toy_cells, tmp_path, options, runner=again, echo=lambda _: None)
+    outcomes = bring_to_done(toy_cells, tmp_path, again)
     assert [o.status for o in outcomes] == ["skipped"] * 4 and again.calls == []
-    assert not (tmp_path / ablation.LOCK_FILE).exists()
 
 
-def test_failed_cells_are_reported_and_the_others_still_run(tmp_path, toy_cells):
-    runner = FakeRunner(fail_on="rho10")
-    lines: list[str] = []
-    outcomes = ablation.run_sweep(
-        toy_cells, tmp_path, SweepOptions(), runner=runner, echo=lines.append
-    )
+def test_failed_cells_are_reported_with_their_last_error_line(tmp_path, toy_cells):
+    outcomes = bring_to_done(toy_cells, tmp_path, FakeRunner(fail_on="rho10"))
     assert [o.status for o in outcomes] == ["done", "done", "failed", "failed"]
     assert "training failed (exit 2): error: something broke" in outcomes[2].message
     assert "train.log" in outcomes[2].message
-    summary = ablation.failure_summary(outcomes)
+    summary = command.failure_summary(outcomes)
     assert summary.startswith("2 of 4 cells failed; first: toy-vq-actions-rho10-s0")
-    assert len(lines) == 4 and any("FAILED" in line for line in lines)
+
+
+def test_a_stopped_command_gets_one_sigint_and_saves_its_work(tmp_path):
+    """The engine's stop flag reaches a running command as SIGINT (training checkpoints on it)."""
+    script = (
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        "    open(sys.argv[1], 'w').write('checkpointed'); sys.exit(130)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        "print('started', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    marker = tmp_path / "saved"
+    log = tmp_path / "cmd.log"
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return log.exists() and "started" in log.read_text()
+
+    runner = cell_folders.SubprocessRunner(should_stop, poll_s=0.1, grace_s=20)
+    # as in a Ray worker, which runs tasks with SIGINT blocked (children inherit the mask)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        code = runner([sys.executable, "-c", script, str(marker)], dict(os.environ), log)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    assert code == 130 and marker.read_text() == "checkpointed" and asked
+    assert runner([sys.executable, "-c", "pass"], dict(os.environ), log) == 130  # stopped
 
 
 def test_the_same_settings_in_another_order_reuse_the_folder(tmp_path, toy_cells):
     cell = toy_cells[0]
-    ablation.write_cell_file(cell, tmp_path / cell.name)
+    cell_folders.write_cell_file(cell, tmp_path / cell.name)
     reordered = dataclasses.replace(cell, overrides=tuple(reversed(cell.overrides)))
-    assert reordered != cell and ablation.same_run(cell, reordered)
-    ablation.write_cell_file(reordered, tmp_path / cell.name)  # accepted
+    assert reordered != cell and cell_folders.same_run(cell, reordered)
+    cell_folders.write_cell_file(reordered, tmp_path / cell.name)  # accepted
     changed = dataclasses.replace(cell, overrides=(*cell.overrides, "train.lr=0.5"))
-    assert not ablation.same_run(cell, changed)
+    assert not cell_folders.same_run(cell, changed)
 
 
-def test_a_folder_of_other_settings_or_a_live_sweep_is_refused(tmp_path, toy_cells):
+def test_a_folder_of_other_settings_is_refused_before_anything_runs(tmp_path, toy_cells):
     cell = toy_cells[0]
-    ablation.write_cell_file(cell, tmp_path / cell.name)
-    other = ablation.plan(
+    cell_folders.write_cell_file(cell, tmp_path / cell.name)
+    other = planner.plan(
         "smoke", datasets=["toy"], latents=["vq"], rhos=[1], overrides=["train.stage1_steps=5"]
     )[0]
     assert other.name == cell.name
-    with pytest.raises(AblationError, match="other settings \\(overrides differ\\)"):
-        ablation.run_sweep([other], tmp_path, runner=FakeRunner(), echo=lambda _: None)
-    (tmp_path / ablation.LOCK_FILE).write_text(f"{os.getppid()}\n")
-    with pytest.raises(AblationError, match="another sweep"):
-        ablation.run_sweep([cell], tmp_path, runner=FakeRunner(), echo=lambda _: None)
+    with pytest.raises(SweepError, match="other settings \\(overrides differ\\)"):
+        engine.check_cells([other], tmp_path)
+    with pytest.raises(SweepError, match="share a name"):
+        engine.check_cells([cell, cell], tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(SweepError, match="other settings"):
+        engine.run_sweep([other], tmp_path, echo=lambda _: None)  # before Ray starts
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_one_sweep_per_folder(tmp_path):
+    with engine._SweepLock(tmp_path):
+        second = engine._SweepLock(tmp_path)
+        with pytest.raises(SweepError, match="another sweep is running"):
+            second.__enter__()
+    with engine._SweepLock(tmp_path):  # released
+        pass
 
 
 # ---- aggregation on fabricated results ----------------------------------------------------------
@@ -338,7 +369,7 @@ TOY_ACTIONS = ["position+", "position-", "hue+", "hue-"]
 def fabricate(
     sweep: Path, cell: Cell, per_action: dict[str, float], balanced: float, **kwargs
 ) -> None:
-    ablation.write_cell_file(cell, sweep / cell.name)
+    cell_folders.write_cell_file(cell, sweep / cell.name)
     run_dir = sweep / cell.name / "run-1"
     run_dir.mkdir(parents=True)
     (run_dir / "config.toml").write_text(config_toml(resolved(cell)))
@@ -346,7 +377,7 @@ def fabricate(
 
 
 def test_aggregation_means_stds_rarest_action_and_files(tmp_path):
-    cells = ablation.plan(
+    cells = planner.plan(
         "smoke",
         datasets=["toy"],
         latents=["vq", "gaussian"],
@@ -373,7 +404,7 @@ def test_aggregation_means_stds_rarest_action_and_files(tmp_path):
             fabricate(tmp_path, by_name[f"toy-{latent}-held_out-k2-s{seed}"], held, 0.7)
     (tmp_path / "unfinished" / "run-1").mkdir(parents=True)  # no cell.json: not a cell
 
-    rows = ablation.collect(tmp_path)
+    rows = results.collect(tmp_path)
     assert len(rows) == 18
     vq10 = [r for r in rows if r.cell.startswith("toy-vq-actions-rho10")]
     assert {r.rarest_action for r in vq10} == {"hue-"}  # the last action is the rarest
@@ -389,7 +420,7 @@ def test_aggregation_means_stds_rarest_action_and_files(tmp_path):
     held = next(r for r in rows if r.cell == "toy-vq-held_out-k2-s0")
     assert held.rarest_action == "hue+" and held.rarest_accuracy == 0.25
 
-    summaries = {(s.latent, s.mode, s.rho_or_k): s for s in ablation.summarise(rows)}
+    summaries = {(s.latent, s.mode, s.rho_or_k): s for s in tables.summarise(rows)}
     s = summaries[("vq", "actions", 10.0)]
     assert s.seeds == 3
     assert s.mean["balanced_accuracy"] == pytest.approx(0.9)
@@ -398,7 +429,7 @@ def test_aggregation_means_stds_rarest_action_and_files(tmp_path):
     assert s.std["classifier_balanced_accuracy"] == pytest.approx(0.0)
     assert summaries[("gaussian", "actions", 10.0)].mean["balanced_accuracy"] == pytest.approx(0.5)
 
-    table = ablation.markdown_table(rows)
+    table = tables.markdown_table(rows)
     lines = table.splitlines()
     assert len(lines) == 2 + 6
     line = next(x for x in lines if x.startswith("| toy | vq | actions | rho=10 |"))
@@ -408,7 +439,7 @@ def test_aggregation_means_stds_rarest_action_and_files(tmp_path):
         next(x for x in lines if "| vq | actions | rho=1 |" in x)
     )
 
-    files = ablation.write_results(tmp_path)
+    files = tables.write_results(tmp_path)
     assert (tmp_path / "results.md").read_text() == table
     with open(files["csv"]) as f:
         records = list(csv.DictReader(f))
@@ -426,7 +457,7 @@ def test_aggregation_means_stds_rarest_action_and_files(tmp_path):
 
 
 def test_rarest_action_follows_action_order(tmp_path):
-    cell = ablation.plan(
+    cell = planner.plan(
         "smoke",
         datasets=["toy"],
         latents=["vq"],
@@ -434,16 +465,16 @@ def test_rarest_action_follows_action_order(tmp_path):
         overrides=["transitions.action_order=[3, 2, 1, 0]"],
     )[0]
     fabricate(tmp_path, cell, {"position+": 0.3, "position-": 1.0, "hue+": 1.0, "hue-": 1.0}, 0.8)
-    (row,) = ablation.collect(tmp_path)
+    (row,) = results.collect(tmp_path)
     assert row.rarest_action == "position+" and row.rarest_accuracy == 0.3
 
 
 def load_task(name: str):
     """A task script as a module (tasks/ is a folder of scripts, not a package)."""
     path = Path(__file__).resolve().parent.parent / "tasks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"task_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    found = importlib.util.spec_from_file_location(f"task_{name}", path)
+    module = importlib.util.module_from_spec(found)
+    found.loader.exec_module(module)
     return module
 
 
@@ -456,40 +487,6 @@ def test_task_cli_bad_input_is_one_error_line(capsys):
     assert main(["--jobs", "two"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: argument --jobs")
-
-
-# ---- one real tiny cell, end to end -------------------------------------------------------------
-def _has_evaluate() -> bool:
-    from vqcausal.cli import build_parser
-
-    parser = build_parser()
-    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return "evaluate" in commands.choices
-
-
-def test_one_tiny_cell_end_to_end(tmp_path):
-    if not _has_evaluate():
-        pytest.skip("`vqcausal evaluate` is not there yet")
-    cells = ablation.plan("smoke", datasets=["toy"], latents=["vq"], rhos=[10], overrides=TOY_TINY)
-    options = SweepOptions(jobs=1, threads=1, evaluate_args=("--fast", "--pairs", "256"))
-    outcomes = ablation.run_sweep(cells, tmp_path, options, echo=lambda _: None)
-    assert [o.status for o in outcomes] == ["done"], outcomes[0].message
-    run_dir = outcomes[0].run_dir
-    assert run_dir.parent == tmp_path / "toy-vq-actions-rho10-s0"
-    config = load_config(run_dir / "config.toml")
-    assert config.transitions.imbalance == 10.0 and config.train.stage1_steps == 40
-
-    (row,) = ablation.collect(tmp_path)
-    assert row.cell == "toy-vq-actions-rho10-s0" and row.rarest_action == "hue-"
-    measured = (row.balanced_accuracy, row.classifier_balanced_accuracy, row.atomicity)
-    for value in (*measured, row.rarest_atomicity, row.common_atomicity):
-        assert 0.0 <= value <= 1.0
-    assert row.counterfactual_psnr > 5 and row.rarest_test_pairs > 0
-    files = ablation.write_results(tmp_path)
-    assert "| toy | vq | actions | rho=10 | 1 | hue- (" in files["table"]
-
-    again = ablation.run_sweep(cells, tmp_path, options, echo=lambda _: None)
-    assert [o.status for o in again] == ["skipped"]
 
 
 def test_vqcausal_ablate_is_the_task(capsys, tmp_path):
