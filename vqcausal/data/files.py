@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import os
-import struct
 import warnings
 import zipfile
 import zlib
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from vqcausal.data.factors import Factor, FactorSpace
+from vqcausal.data.npy import npz_member_offset
 from vqcausal.data.shapes3d import SHAPES3D_SPACE
 from vqcausal.data.source import IndexedSource
 from vqcausal.data.sprites import SPRITES_SPACE
@@ -273,23 +273,13 @@ class DSpritesFile(IndexedSource):
                 if fortran:
                     self._packed = self._pack(self._read_small(npz, "imgs"))
                 elif info.compress_type == zipfile.ZIP_STORED:
-                    offset = self._member_offset(info) + member.tell()
+                    offset = npz_member_offset(self.path, info) + member.tell()
                     self._mapped = np.memmap(self.path, np.uint8, "r", offset, shape)
                 else:
                     self._packed = self._stream(member, count, height * width, (height, width))
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
             raise DataError(f"{self.path}: cannot read array 'imgs' ({err})") from None
         return height, width, count
-
-    def _member_offset(self, info: zipfile.ZipInfo) -> int:
-        """Byte offset of a stored zip member's data: skip its local file header."""
-        with open(self.path, "rb") as fh:
-            fh.seek(info.header_offset)
-            local = fh.read(30)
-        if len(local) != 30 or local[:4] != b"PK\x03\x04":
-            raise DataError(f"{self.path}: corrupt zip entry for 'imgs'")
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        return info.header_offset + 30 + name_len + extra_len
 
     def _stream(self, member: Any, count: int, pixels: int, hw: tuple[int, int]) -> np.ndarray:
         packed = np.empty((count, hw[0], (hw[1] + 7) // 8), dtype=np.uint8)

@@ -12,6 +12,7 @@ DATASETS = {
     "shapes3d": "2.5-D scene: floor/wall/object hue, scale, shape, orientation (3dshapes.h5)",
     "sprites": "dSprites grid: shape, scale, orientation, pos_x, pos_y (dsprites .npz)",
     "pendulum": "CausalVAE pendulum: pendulum and light angle cause the shadow (PNG folder)",
+    "mpi3d": "MPI3D robot arm, 7 factors, 1,036,800 images (mpi3d_{toy,realistic,real}.npz)",
     "folder": "your images + factors.csv (path required)",
     "toy": "16x16 coloured bar: position and hue (tests and smoke runs)",
 }
@@ -50,6 +51,15 @@ def load_source(config: DataConfig) -> GroundTruthSource:
         from vqcausal.data.pendulum_folder import PendulumFolder
 
         return PendulumFolder(path, image_size=config.image_size, stride=config.stride)
+    if name == "mpi3d":
+        if path is None:
+            raise DataError(
+                "dataset 'mpi3d' needs data.path: mpi3d_toy.npz, mpi3d_realistic.npz or "
+                "mpi3d_real.npz as distributed (nothing is downloaded)"
+            )
+        from vqcausal.data.mpi3d import MPI3DFile
+
+        return MPI3DFile(path)
     if name == "toy":
         from vqcausal.data.toy import ToyRenderer
 

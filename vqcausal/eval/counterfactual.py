@@ -109,7 +109,8 @@ def chained_atomicity(
 
     The truth after k steps comes from the factor space (the renderer's grid), so x'' and x'''
     need no rendering; a row drops out from the first k whose step leaves a bounded factor's
-    grid. ``first``: the one-step prediction if already computed."""
+    grid; the chain ends where no row is left (a grid too small for k steps: no figure, rather
+    than an atomicity of nothing). ``first``: the one-step prediction if already computed."""
     values, actions = transitions.values.cpu(), transitions.actions.cpu()
     valid = torch.ones(len(actions), dtype=torch.bool)
     current = latents
@@ -117,6 +118,8 @@ def chained_atomicity(
     for k in range(1, steps + 1):
         values, ok = space.apply(values, actions)
         valid &= ok
+        if not valid.any():
+            break
         current = first if k == 1 and first is not None else step_all(model, current, actions)
         read = read_factors(model, oracle, current[valid])
         report = atomicity_report(read, values[valid], actions[valid], names)

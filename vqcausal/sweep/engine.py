@@ -134,9 +134,7 @@ def ray_session(options: SweepOptions) -> Iterator[Resources]:
             ray.shutdown()
 
 
-def _cell_task(
-    cell: Cell, sweep_dir: str, threads: int, evaluate_args: tuple[str, ...]
-) -> Outcome:
+def _cell_task(cell: Cell, sweep_dir: str, threads: int, evaluate_args: tuple[str, ...]) -> Outcome:
     """Body of one cell's Ray task (runs on whichever node Ray picks)."""
     folder = Path(sweep_dir)
     runner = SubprocessRunner(lambda: (folder / STOP_FILE).exists())
