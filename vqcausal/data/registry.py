@@ -13,6 +13,7 @@ DATASETS = {
     "sprites": "dSprites grid: shape, scale, orientation, pos_x, pos_y (dsprites .npz)",
     "pendulum": "CausalVAE pendulum: pendulum and light angle cause the shadow (PNG folder)",
     "mpi3d": "MPI3D robot arm, 7 factors, 1,036,800 images (mpi3d_{toy,realistic,real}.npz)",
+    "smallnorb": "SmallNORB toys: category, instance, elevation, azimuth, lighting (6 .mat files)",
     "folder": "your images + factors.csv (path required)",
     "toy": "16x16 coloured bar: position and hue (tests and smoke runs)",
 }
@@ -60,6 +61,15 @@ def load_source(config: DataConfig) -> GroundTruthSource:
         from vqcausal.data.mpi3d import MPI3DFile
 
         return MPI3DFile(path)
+    if name == "smallnorb":
+        if path is None:
+            raise DataError(
+                "dataset 'smallnorb' needs data.path: the folder of the six "
+                "smallnorb-5x*-{training,testing}-{dat,cat,info}.mat files (nothing is downloaded)"
+            )
+        from vqcausal.data.smallnorb import SmallNORBFolder
+
+        return SmallNORBFolder(path)
     if name == "toy":
         from vqcausal.data.toy import ToyRenderer
 
