@@ -91,3 +91,29 @@ TOY_TINY = (
     "train.checkpoint_every=20",
     "train.log_every=10",
 )
+
+
+def train_retrieve_evaluate(tmp_path: Path, data: list[str], a, b) -> list[str]:
+    """The smoke run every new source goes through: a tiny model trained for a few steps on
+    ``data`` (``--set`` overrides naming the dataset and its path), then ``retrieve`` on two of
+    its images (``a``, ``b``: H x W (x 3) uint8 arrays) and ``evaluate --fast``. Returns the
+    model's action names."""
+    from PIL import Image
+
+    from vqcausal.eval.evaluate import evaluate_run
+    from vqcausal.inference import retrieve
+    from vqcausal.runs import load_model_from_run
+    from vqcausal.train.run import main as train
+
+    sets = [*data, f'runs="{tmp_path / "runs"}"', "train.stage1_steps=6", "train.stage2_steps=4"]
+    sets += ["train.cache_pairs=64", "train.eval_pairs=16", "train.batch_size=8"]
+    assert train(["--config", "configs/smoke.toml", *(x for s in sets for x in ("--set", s))]) == 0
+    (run,) = list((tmp_path / "runs").iterdir())
+    model, _ = load_model_from_run(run)
+    for name, image in (("a.png", a), ("b.png", b)):
+        Image.fromarray(image).save(tmp_path / name)
+    (answer,) = retrieve(model, [(tmp_path / "a.png", tmp_path / "b.png")], top_k=2)
+    assert len(answer.actions) == 2 and answer.actions[0][0] in model.args.action_names
+    result = evaluate_run(run, pairs=32, fast=True, disentanglement=False)
+    assert 0 <= result.metrics["retrieval"]["synthesis"]["balanced_accuracy"] <= 1
+    return list(model.args.action_names)

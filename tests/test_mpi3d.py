@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_retrieve_evaluate
 
 from vqcausal.data import mpi3d
 from vqcausal.data.mpi3d import MPI3D_SPACE, MPI3DFile
@@ -123,27 +124,9 @@ def test_a_real_size_file_is_read_in_bounded_memory(tmp_path):
 
 
 def test_a_tiny_model_trains_retrieves_and_evaluates_on_mpi3d(tmp_path, small_grid):
-    """The smoke run of every source: train, retrieve from two PNGs, evaluate."""
-    from PIL import Image
-
-    from vqcausal.eval.evaluate import evaluate_run
-    from vqcausal.inference import retrieve
-    from vqcausal.runs import load_model_from_run
-    from vqcausal.train.run import main as train
-
     images = grid_images(small_grid)
     images[:, 8:40, 8:40, :] = np.arange(len(images))[:, None, None, None] % 200 + 40
     np.savez(tmp_path / "mpi3d_real.npz", images=images)
-    sets = [f'data.path="{tmp_path / "mpi3d_real.npz"}"', 'data.dataset="mpi3d"']
-    sets += [f'runs="{tmp_path / "runs"}"', "train.stage1_steps=6", "train.stage2_steps=4"]
-    sets += ["train.cache_pairs=64", "train.eval_pairs=16", "train.batch_size=8"]
-    assert train(["--config", "configs/smoke.toml", *(a for s in sets for a in ("--set", s))]) == 0
-    (run,) = list((tmp_path / "runs").iterdir())
-    model, _ = load_model_from_run(run)
-    assert model.args.action_names[:2] == ["object_color+", "object_color-"]
-    Image.fromarray(images[0]).save(tmp_path / "a.png")
-    Image.fromarray(images[96]).save(tmp_path / "b.png")
-    (answer,) = retrieve(model, [(tmp_path / "a.png", tmp_path / "b.png")], top_k=2)
-    assert len(answer.actions) == 2 and answer.actions[0][0] in model.args.action_names
-    result = evaluate_run(run, pairs=64, fast=True, disentanglement=False)
-    assert 0 <= result.metrics["retrieval"]["synthesis"]["balanced_accuracy"] <= 1
+    data = [f'data.path="{tmp_path / "mpi3d_real.npz"}"', 'data.dataset="mpi3d"']
+    actions = train_retrieve_evaluate(tmp_path, data, images[0], images[96])
+    assert actions[:2] == ["object_color+", "object_color-"]

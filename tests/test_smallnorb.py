@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_retrieve_evaluate
 
 from vqcausal.data.smallnorb import SPLITS, SmallNORBFolder
 from vqcausal.errors import DataError
@@ -115,30 +116,13 @@ def test_an_empty_or_missing_folder_is_one_line(tmp_path):
 
 
 def test_a_tiny_model_trains_retrieves_and_evaluates_on_smallnorb(tmp_path):
-    from PIL import Image
-
-    from vqcausal.eval.evaluate import evaluate_run
-    from vqcausal.inference import retrieve
-    from vqcausal.runs import load_model_from_run
-    from vqcausal.train.run import main as train
-
     data = tmp_path / "norb"
     data.mkdir()
     write_split(data, "training")
     write_split(data, "testing")
-    sets = [f'data.path="{data}"', 'data.dataset="smallnorb"', f'runs="{tmp_path / "runs"}"']
-    sets += ["model.autoencoder.widths=[16, 32, 32, 32]", "train.stage1_steps=6"]
-    sets += ["train.stage2_steps=4", "train.cache_pairs=64", "train.eval_pairs=16"]
-    sets += ["train.batch_size=8", "transitions.test_fraction=0.3"]
-    assert train(["--config", "configs/smoke.toml", *(a for s in sets for a in ("--set", s))]) == 0
-    (run,) = list((tmp_path / "runs").iterdir())
-    model, _ = load_model_from_run(run)
-    assert model.args.action_names[:2] == ["category+", "category-"]
     source = SmallNORBFolder(data)
-    for name, row in (("a", 0), ("b", 1)):
-        image = source.render(source.stored_values()[row : row + 1])[0, 0].numpy()
-        Image.fromarray(image).save(tmp_path / f"{name}.png")
-    (answer,) = retrieve(model, [(tmp_path / "a.png", tmp_path / "b.png")], top_k=2)
-    assert len(answer.actions) == 2
-    result = evaluate_run(run, pairs=32, fast=True, disentanglement=False)
-    assert 0 <= result.metrics["retrieval"]["synthesis"]["balanced_accuracy"] <= 1
+    a, b = source.render(source.stored_values()[:2])[:, 0].numpy()
+    sets = [f'data.path="{data}"', 'data.dataset="smallnorb"', "transitions.test_fraction=0.3"]
+    sets += ["model.autoencoder.widths=[16, 32, 32, 32]"]
+    actions = train_retrieve_evaluate(tmp_path, sets, a, b)
+    assert actions[:2] == ["category+", "category-"]

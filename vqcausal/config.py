@@ -40,6 +40,7 @@ DATA_OPTIONS = {
     "pendulum": ("image_size", "stride"),
     "mpi3d": (),
     "smallnorb": (),
+    "cars3d": (),
     "folder": ("channels", "image_size", "cyclic"),
     "toy": (),
 }
@@ -49,7 +50,7 @@ DATA_OPTIONS = {
 class DataConfig:
     """Which images: a procedural renderer, or files the user already has (``path``)."""
 
-    dataset: str = "shapes3d"  # shapes3d | sprites | pendulum | mpi3d | smallnorb | folder | toy
+    dataset: str = "shapes3d"  # see vqcausal.data.registry.DATASETS
     path: str | None = None  # 3dshapes.h5, dsprites .npz, pendulum folder, image folder
     image_size: int | None = None  # resize (pendulum, folder); None keeps the native size
     channels: int | None = None  # 1 or 3 where the source supports both

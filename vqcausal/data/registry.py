@@ -14,6 +14,7 @@ DATASETS = {
     "pendulum": "CausalVAE pendulum: pendulum and light angle cause the shadow (PNG folder)",
     "mpi3d": "MPI3D robot arm, 7 factors, 1,036,800 images (mpi3d_{toy,realistic,real}.npz)",
     "smallnorb": "SmallNORB toys: category, instance, elevation, azimuth, lighting (6 .mat files)",
+    "cars3d": "Cars3D: elevation, azimuth, car (cars/car_XXX_mesh.mat)",
     "folder": "your images + factors.csv (path required)",
     "toy": "16x16 coloured bar: position and hue (tests and smoke runs)",
 }
@@ -70,6 +71,15 @@ def load_source(config: DataConfig) -> GroundTruthSource:
         from vqcausal.data.smallnorb import SmallNORBFolder
 
         return SmallNORBFolder(path)
+    if name == "cars3d":
+        if path is None:
+            raise DataError(
+                "dataset 'cars3d' needs data.path: the cars/ folder of car_XXX_mesh.mat files "
+                "(nothing is downloaded)"
+            )
+        from vqcausal.data.cars3d import Cars3DFolder
+
+        return Cars3DFolder(path)
     if name == "toy":
         from vqcausal.data.toy import ToyRenderer
 

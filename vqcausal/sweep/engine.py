@@ -243,11 +243,9 @@ def run_sweep(
                 num_cpus=resources.threads, num_gpus=resources.gpus, max_retries=2
             )
             where = options.address or f"a local Ray, {options.jobs or 1} at a time"
-            echo(
-                f"{len(cells)} cells on {where}: {resources.threads} threads"
-                + (f", {resources.gpus:g} GPU" if resources.gpus else "")
-                + " each"
-            )
+            threads = f"{resources.threads} thread{'s' if resources.threads > 1 else ''}"
+            gpus = f", {resources.gpus:g} GPU" if resources.gpus else ""
+            echo(f"{len(cells)} cells on {where}: {threads}{gpus} each")
             args = (str(sweep_dir), resources.threads, tuple(options.evaluate_args))
             pending = {task.remote(cell, *args): cell for cell in cells}
             try:
