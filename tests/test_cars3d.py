@@ -73,3 +73,15 @@ def test_a_tiny_model_trains_retrieves_and_evaluates_on_cars3d(tmp_path):
     sets += ["model.autoencoder.widths=[16, 32, 32, 32]"]
     actions = train_retrieve_evaluate(tmp_path, sets, a, b)
     assert actions[:2] == ["elevation+", "elevation-"]
+
+
+def test_data_info_and_preview(tmp_path, capsys):
+    from vqcausal.cli import main as cli
+
+    for number, shade in ((1, 40), (2, 90)):
+        write_car(tmp_path / "cars", number, shade)
+    assert cli(["data", "info", "--dataset", "cars3d", "--path", str(tmp_path)]) == 0
+    assert "elevation" in capsys.readouterr().out
+    png = tmp_path / "grid.png"
+    args = ["--path", str(tmp_path), "--out", str(png), "--pairs", "1"]
+    assert cli(["data", "preview", "--dataset", "cars3d", *args]) == 0 and png.is_file()

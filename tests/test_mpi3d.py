@@ -130,3 +130,16 @@ def test_a_tiny_model_trains_retrieves_and_evaluates_on_mpi3d(tmp_path, small_gr
     data = [f'data.path="{tmp_path / "mpi3d_real.npz"}"', 'data.dataset="mpi3d"']
     actions = train_retrieve_evaluate(tmp_path, data, images[0], images[96])
     assert actions[:2] == ["object_color+", "object_color-"]
+
+
+def test_data_info_and_preview_on_a_real_size_file(tmp_path, capsys):
+    from vqcausal.cli import main as cli
+
+    path = tmp_path / "mpi3d_toy.npy"
+    sparse_real_size_npy(path)
+    assert cli(["data", "info", "--dataset", "mpi3d", "--path", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1036800" in out.replace(",", "") and "vertical_axis" in out
+    png = tmp_path / "grid.png"
+    args = ["--path", str(path), "--out", str(png), "--pairs", "1"]
+    assert cli(["data", "preview", "--dataset", "mpi3d", *args]) == 0 and png.is_file()

@@ -126,3 +126,16 @@ def test_a_tiny_model_trains_retrieves_and_evaluates_on_smallnorb(tmp_path):
     sets += ["model.autoencoder.widths=[16, 32, 32, 32]"]
     actions = train_retrieve_evaluate(tmp_path, sets, a, b)
     assert actions[:2] == ["category+", "category-"]
+
+
+def test_data_info_and_preview(tmp_path, capsys):
+    from vqcausal.cli import main as cli
+
+    write_split(tmp_path, "training")
+    write_split(tmp_path, "testing")
+    assert cli(["data", "info", "--dataset", "smallnorb", "--path", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "smallnorb" in out and "azimuth" in out and "96" in out
+    png = tmp_path / "grid.png"
+    args = ["--path", str(tmp_path), "--out", str(png), "--pairs", "1"]
+    assert cli(["data", "preview", "--dataset", "smallnorb", *args]) == 0 and png.is_file()
