@@ -102,6 +102,8 @@ def ray_session(options: SweepOptions) -> Iterator[Resources]:
     if options.address is not None:
         check_address(options.address)
     started = not ray.is_initialized()
+    # no usage report from a user's sweep unless they ask for one (and none offline)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if started:
         if options.address is None:
             jobs = options.jobs or 1
