@@ -1,6 +1,7 @@
 """Data throughput: images/s per renderer and pairs/s of the transition sampler.
 
     python tools/bench_data.py [--batch 256] [--repeats 5] [--threads 1] [--out FILE.json]
+    python tools/bench_data.py --datasets --file mpi3d=~/data/mpi3d_real.npz   # a file you have
 
 Prints a table of medians over ``--repeats`` timed runs (after one warm-up) and writes JSON.
 Goal (issue 2): >= 2,000 64x64 images/s for shapes3d and sprites on one core.
@@ -8,6 +9,8 @@ Goal (issue 2): >= 2,000 64x64 images/s for shapes3d and sprites on one core.
 """
 
 from __future__ import annotations
+
+import resource
 
 import torch
 from rich.console import Console
@@ -77,12 +80,21 @@ def run_settings(
     return measure(__file__, calls, units, TARGETS, True, isolate)
 
 
-def run(datasets: list[str], batch: int, repeats: int, threads: int = 1) -> list[dict]:
-    """Images/s and pairs/s of every dataset, in this process (no peak memory)."""
+def run(
+    datasets: list[str],
+    batch: int,
+    repeats: int,
+    threads: int = 1,
+    files: dict[str, str] | None = None,
+) -> list[dict]:
+    """Images/s and pairs/s of every dataset (procedural, or ``files``: name -> path of a file
+    the user has), in this process; ``peak_rss_mb`` is the process's peak so far."""
     torch.set_num_threads(threads)
     rows = []
-    for name in datasets:
-        source, transitions = load_source(DataConfig(dataset=name)), TransitionConfig(seed=0)
+    wanted = [(name, None) for name in datasets] + list((files or {}).items())
+    for name, path in wanted:
+        source = load_source(DataConfig(dataset=name, path=path))
+        transitions = TransitionConfig(seed=0)
         images_s, image_runs = throughput(source, transitions, "data_images", batch, repeats)
         pairs_s, pair_runs = throughput(source, transitions, "data_pairs", batch, repeats)
         rows.append(
@@ -93,6 +105,7 @@ def run(datasets: list[str], batch: int, repeats: int, threads: int = 1) -> list
                 "pairs_per_s": pairs_s,
                 "image_runs": image_runs,
                 "pair_runs": pair_runs,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
     return rows
@@ -103,24 +116,36 @@ def main() -> None:
     parser.add_argument("--batch", type=bounded(1, 65_536), default=256)
     parser.add_argument("--repeats", type=bounded(1, 1000), default=5)
     parser.add_argument("--threads", type=bounded(1, 1024), default=1)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also measure a dataset file you have, e.g. mpi3d=mpi3d_real.npz (repeatable)",
+    )
     parser.add_argument("--out", default="bench_results/bench_data.json")
     args = parser.parse_args()
 
-    rows = run(args.datasets, args.batch, args.repeats, args.threads)
+    files = dict(text.split("=", 1) for text in args.file if "=" in text)
+    if len(files) != len(args.file):
+        parser.error("--file wants NAME=PATH, e.g. mpi3d=mpi3d_real.npz")
+    rows = run(args.datasets, args.batch, args.repeats, args.threads, files)
     table = Table(
         "dataset",
         "image",
         "images/s",
         "pairs/s (x and x')",
+        "peak RSS so far",
         title=f"data throughput: batch {args.batch}, {args.threads} thread(s), "
         f"median of {args.repeats}",
     )
     for r in rows:
         shape = "x".join(map(str, r["image_shape"]))
-        table.add_row(r["dataset"], shape, f"{r['images_per_s']:,.0f}", f"{r['pairs_per_s']:,.0f}")
+        rates = f"{r['images_per_s']:,.0f}", f"{r['pairs_per_s']:,.0f}"
+        table.add_row(r["dataset"], shape, *rates, f"{r['peak_rss_mb']:,.0f} MB")
     Console().print(table)
-    settings = {"batch": args.batch, "repeats": args.repeats}
+    settings = {"batch": args.batch, "repeats": args.repeats, "files": files}
     write_report(args.out, "data", settings, rows)
 
 
