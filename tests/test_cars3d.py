@@ -70,9 +70,12 @@ def test_a_tiny_model_trains_retrieves_and_evaluates_on_cars3d(tmp_path):
     source = Cars3DFolder(tmp_path)
     a, b = source.render(torch.tensor([[0, 0, 0], [0, 1, 0]])).permute(0, 2, 3, 1).numpy()
     sets = [f'data.path="{tmp_path}"', 'data.dataset="cars3d"']
-    sets += ["model.autoencoder.widths=[16, 32, 32, 32]"]
+    sets += ["data.image_size=32"]  # resized on read, as most papers use 64
     actions = train_retrieve_evaluate(tmp_path, sets, a, b)
     assert actions[:2] == ["elevation+", "elevation-"]
+    small = Cars3DFolder(tmp_path, image_size=32)
+    images = small.render(torch.tensor([[0, 0, 1], [3, 5, 2]]))
+    assert images.shape == (2, 3, 32, 32) and images[:, 0, 16, 16].tolist() == [90, 200]
 
 
 def test_data_info_and_preview(tmp_path, capsys):

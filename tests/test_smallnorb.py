@@ -123,9 +123,12 @@ def test_a_tiny_model_trains_retrieves_and_evaluates_on_smallnorb(tmp_path):
     source = SmallNORBFolder(data)
     a, b = source.render(source.stored_values()[:2])[:, 0].numpy()
     sets = [f'data.path="{data}"', 'data.dataset="smallnorb"', "transitions.test_fraction=0.3"]
-    sets += ["model.autoencoder.widths=[16, 32, 32, 32]"]
+    sets += ["data.image_size=32"]  # resized on read, as most papers use 64
     actions = train_retrieve_evaluate(tmp_path, sets, a, b)
     assert actions[:2] == ["category+", "category-"]
+    small = SmallNORBFolder(data, image_size=32)
+    assert small.image_shape == (1, 32, 32)
+    assert small.render(small.stored_values()[:2]).shape == (2, 1, 32, 32)
 
 
 def test_data_info_and_preview(tmp_path, capsys):

@@ -39,8 +39,8 @@ DATA_OPTIONS = {
     "sprites": ("channels",),
     "pendulum": ("image_size", "stride"),
     "mpi3d": (),
-    "smallnorb": (),
-    "cars3d": (),
+    "smallnorb": ("image_size",),
+    "cars3d": ("image_size",),
     "folder": ("channels", "image_size", "cyclic"),
     "toy": (),
 }
@@ -52,7 +52,7 @@ class DataConfig:
 
     dataset: str = "shapes3d"  # see vqcausal.data.registry.DATASETS
     path: str | None = None  # 3dshapes.h5, dsprites .npz, pendulum folder, image folder
-    image_size: int | None = None  # resize (pendulum, folder); None keeps the native size
+    image_size: int | None = None  # resize (pendulum, smallnorb, cars3d, folder); None: native
     channels: int | None = None  # 1 or 3 where the source supports both
     # pendulum: keep every stride-th value of the CausalVAE grid (one step = 0.9 degrees);
     # None: 3 for the renderer (an action's effect stays visible at small image sizes), the

@@ -5,7 +5,7 @@ Read from the per-car MATLAB files as distributed, ``cars/car_XXX_mesh.mat``: ea
 factor is the file's rank among the car files present, in name order (what the reference
 loaders do), so a folder with some cars loads, pairs drawn among them. A file is read whole
 when one of its images is asked for (4.7 MB; ``scipy.io.loadmat``, which never unpickles) and
-the last few cars stay in memory.
+the last few cars stay in memory. ``data.image_size`` resizes (64 is the usual size).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vqcausal.data.factors import Factor, FactorSpace
-from vqcausal.data.source import IndexedSource
+from vqcausal.data.source import IndexedSource, resized
 from vqcausal.errors import DataError
 
 CARS = 183
@@ -39,7 +39,10 @@ class Cars3DFolder(IndexedSource):
 
     name = "cars3d"
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], image_size: int | None = None) -> None:
+        if image_size is not None and not 8 <= image_size <= 1024:
+            raise DataError(f"cars3d: image_size must be 8 to 1024, got {image_size}")
+        self.image_size = image_size
         root = Path(root)
         if (root / "cars").is_dir():
             root = root / "cars"
@@ -56,7 +59,7 @@ class Cars3DFolder(IndexedSource):
         grid = torch.cartesian_prod(
             torch.arange(ELEVATIONS), torch.arange(AZIMUTHS), torch.arange(len(self.files))
         )
-        self.image_shape = (3, SIDE, SIDE)
+        self.image_shape = (3, image_size or SIDE, image_size or SIDE)
         super().__init__(CARS3D_SPACE, grid)
 
     def _load(self, car: int) -> np.ndarray:
@@ -91,11 +94,11 @@ class Cars3DFolder(IndexedSource):
         for i in order:
             elevation, azimuth, car = values[i].tolist()
             out[i] = self._load(car)[elevation, azimuth]
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        return resized(torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), self.image_size)
 
     def __getstate__(self) -> dict:
         """Data workers reread what they need (the cache is per process)."""
-        return {"root": self.root}
+        return {"root": self.root, "image_size": self.image_size}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["root"])
+        self.__init__(state["root"], state["image_size"])

@@ -70,7 +70,7 @@ def load_source(config: DataConfig) -> GroundTruthSource:
             )
         from vqcausal.data.smallnorb import SmallNORBFolder
 
-        return SmallNORBFolder(path)
+        return SmallNORBFolder(path, image_size=config.image_size)
     if name == "cars3d":
         if path is None:
             raise DataError(
@@ -79,7 +79,7 @@ def load_source(config: DataConfig) -> GroundTruthSource:
             )
         from vqcausal.data.cars3d import Cars3DFolder
 
-        return Cars3DFolder(path)
+        return Cars3DFolder(path, image_size=config.image_size)
     if name == "toy":
         from vqcausal.data.toy import ToyRenderer
 

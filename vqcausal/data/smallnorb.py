@@ -11,7 +11,8 @@ the number of dimensions, max(3, ndim) int32 sizes, then the data. ``dat`` is N 
 elevation, azimuth (stored as 0, 2, ..., 34), lighting. Every image is labelled, so a subset
 (a filtered copy, one file pair only) loads and pairs are drawn among the images present; the
 training file is split 0 and the testing file split 1, the official split (by instance: 4, 6,
-7, 8, 9 train, 0, 1, 2, 3, 5 test). Images are read by row with ``pread``, never whole.
+7, 8, 9 train, 0, 1, 2, 3, 5 test). Images are read by row with ``pread``, never whole;
+``data.image_size`` resizes them (64 is the usual size in the disentanglement literature).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from vqcausal.data.factors import Factor, FactorSpace
-from vqcausal.data.source import IndexedSource
+from vqcausal.data.source import IndexedSource, resized
 from vqcausal.errors import DataError
 
 SMALLNORB_FACTORS = (
@@ -89,8 +90,11 @@ class SmallNORBFolder(IndexedSource):
 
     name = "smallnorb"
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], image_size: int | None = None) -> None:
         self._fds: dict[Path, int] = {}
+        if image_size is not None and not 8 <= image_size <= 1024:
+            raise DataError(f"smallnorb: image_size must be 8 to 1024, got {image_size}")
+        self.image_size = image_size
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: not a folder (SmallNORB is six .mat files in one)")
@@ -124,7 +128,7 @@ class SmallNORBFolder(IndexedSource):
         self._files = files
         self._rows = np.concatenate(rows)
         self._split = torch.from_numpy(np.concatenate(splits))
-        self.image_shape = (1, SIDE, SIDE)
+        self.image_shape = (1, image_size or SIDE, image_size or SIDE)
         try:
             super().__init__(SMALLNORB_SPACE, torch.from_numpy(np.concatenate(values)))
         except DataError as err:
@@ -159,7 +163,7 @@ class SmallNORBFolder(IndexedSource):
             if len(data) != size:
                 raise DataError(f"{path}: image {self._rows[row]} is cut short (file shrank?)")
             out[i] = np.frombuffer(data, np.uint8)
-        return torch.from_numpy(out).view(-1, 1, SIDE, SIDE)
+        return resized(torch.from_numpy(out).view(-1, 1, SIDE, SIDE), self.image_size)
 
     def close(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
@@ -171,7 +175,7 @@ class SmallNORBFolder(IndexedSource):
 
     def __getstate__(self) -> dict:
         """Data workers reopen the files themselves (descriptors do not pickle)."""
-        return {"root": self.root}
+        return {"root": self.root, "image_size": self.image_size}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["root"])
+        self.__init__(state["root"], state["image_size"])

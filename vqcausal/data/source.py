@@ -126,3 +126,14 @@ class ConceptScaler:
     def normalise(self, values: torch.Tensor) -> torch.Tensor:
         """Standardised concepts (B, L) float32 for factor values (B, K)."""
         return ((self.source.concepts(values).double() - self.mean) / self.std).float()
+
+
+def resized(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """uint8 images (B, C, H, W) resized to size x size (bilinear, antialiased), as uint8;
+    ``None`` or the images' own size leaves them as they are."""
+    if size is None or images.shape[-2:] == (size, size):
+        return images
+    out = torch.nn.functional.interpolate(
+        images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
+    return out.round_().clamp_(0, 255).to(torch.uint8)
