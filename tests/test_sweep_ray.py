@@ -93,17 +93,39 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def ray_cluster():
-    """A one-node Ray cluster started as a user would (``ray start --head``); stopped after."""
+def ray_cluster(tmp_path, monkeypatch):
+    """A one-node Ray cluster started as a user would (``ray start --head``), stopped after.
+
+    ``--block`` keeps the command in the foreground, in a process group of its own; ending
+    that group stops this cluster only (``ray stop`` would stop every Ray of the machine,
+    a developer's running sweep included).
+    """
     ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port = free_port()
     start = [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
+    # a throw-away cluster on localhost: no auth token to share between head and client
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    subprocess.run(start, check=True, capture_output=True, env=env, timeout=180)
+    log = (tmp_path / "ray-start.log").open("w")
+    head = subprocess.Popen(
+        [*start, "--block"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+    def answers() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
     try:
+        wait_for(answers, 180, "the Ray head to listen")
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
 
 
 def test_the_same_sweep_runs_on_a_ray_cluster(tmp_path, ray_cluster):
