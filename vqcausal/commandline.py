@@ -73,15 +73,20 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", help="a dataset file or folder you already have")
 
 
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides plus what the ``--dataset`` / ``--path`` shortcuts mean."""
+    overrides = list(args.overrides)
+    if getattr(args, "dataset", None):
+        overrides.append(f"data.dataset={json.dumps(args.dataset)}")
+    if getattr(args, "path", None):
+        overrides.append(f"data.path={json.dumps(args.path)}")
+    return overrides
+
+
 def config_from_args(args: argparse.Namespace):
     from vqcausal.config import load_config
 
-    overrides = list(args.overrides)
-    if getattr(args, "dataset", None):
-        overrides.append(f'data.dataset="{args.dataset}"')
-    if getattr(args, "path", None):
-        overrides.append(f"data.path={json.dumps(args.path)}")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides_from_args(args))
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:

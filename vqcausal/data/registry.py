@@ -19,6 +19,13 @@ DATASETS = {
     "toy": "16x16 coloured bar: position and hue (tests and smoke runs)",
 }
 
+#: datasets read only from the user's files: what ``data.path`` must name
+FILE_ONLY = {
+    "mpi3d": "mpi3d_toy.npz, mpi3d_realistic.npz or mpi3d_real.npz as distributed",
+    "smallnorb": "the folder of the six smallnorb-5x*-{training,testing}-{dat,cat,info}.mat files",
+    "cars3d": "the cars/ folder of car_XXX_mesh.mat files",
+}
+
 
 def load_source(config: DataConfig) -> GroundTruthSource:
     """Build the source a data config names; unknown names and bad paths are DataErrors."""
@@ -53,30 +60,19 @@ def load_source(config: DataConfig) -> GroundTruthSource:
         from vqcausal.data.pendulum_folder import PendulumFolder
 
         return PendulumFolder(path, image_size=config.image_size, stride=config.stride)
-    if name == "mpi3d":
+    if name in FILE_ONLY:
         if path is None:
             raise DataError(
-                "dataset 'mpi3d' needs data.path: mpi3d_toy.npz, mpi3d_realistic.npz or "
-                "mpi3d_real.npz as distributed (nothing is downloaded)"
+                f"dataset '{name}' needs data.path: {FILE_ONLY[name]} (nothing is downloaded)"
             )
-        from vqcausal.data.mpi3d import MPI3DFile
+        if name == "mpi3d":
+            from vqcausal.data.mpi3d import MPI3DFile
 
-        return MPI3DFile(path)
-    if name == "smallnorb":
-        if path is None:
-            raise DataError(
-                "dataset 'smallnorb' needs data.path: the folder of the six "
-                "smallnorb-5x*-{training,testing}-{dat,cat,info}.mat files (nothing is downloaded)"
-            )
-        from vqcausal.data.smallnorb import SmallNORBFolder
+            return MPI3DFile(path)
+        if name == "smallnorb":
+            from vqcausal.data.smallnorb import SmallNORBFolder
 
-        return SmallNORBFolder(path, image_size=config.image_size)
-    if name == "cars3d":
-        if path is None:
-            raise DataError(
-                "dataset 'cars3d' needs data.path: the cars/ folder of car_XXX_mesh.mat files "
-                "(nothing is downloaded)"
-            )
+            return SmallNORBFolder(path, image_size=config.image_size)
         from vqcausal.data.cars3d import Cars3DFolder
 
         return Cars3DFolder(path, image_size=config.image_size)

@@ -102,12 +102,14 @@ def ray_session(options: SweepOptions) -> Iterator[Resources]:
     if options.address is not None:
         check_address(options.address)
     started = not ray.is_initialized()
+    local = options.address is None
+    jobs = options.jobs or 1
+    default_threads = max(1, usable_cores() // jobs) if local else CLUSTER_THREADS
+    threads = options.threads or default_threads
     # no usage report from a user's sweep unless they ask for one (and none offline)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if started:
-        if options.address is None:
-            jobs = options.jobs or 1
-            threads = options.threads or max(1, usable_cores() // jobs)
+        if local:
             # "local": a Ray of its own even where a cluster runs (ray.init() would join it)
             kwargs: dict[str, Any] = {"address": "local", "num_cpus": jobs * threads}
         else:
@@ -123,9 +125,6 @@ def ray_session(options: SweepOptions) -> Iterator[Resources]:
         except (ConnectionError, ValueError, RuntimeError) as err:
             raise SweepError(f"cannot start or reach Ray: {str(err).splitlines()[0]}") from None
     try:
-        local = options.address is None
-        default_threads = max(1, usable_cores() // (options.jobs or 1)) if local else None
-        threads = options.threads or default_threads or CLUSTER_THREADS
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         gpus = options.gpus_per_cell
         if gpus is None:

@@ -40,6 +40,7 @@ from vqcausal.commandline import (
     bounded,
     command_main,
     config_from_args,
+    overrides_from_args,
 )
 from vqcausal.config import Config, ConfigError, load_config, parse_override
 from vqcausal.sweep.cells import cell_env, interrupt, start_child
@@ -333,10 +334,7 @@ def search(args: argparse.Namespace) -> None:
 
     start = time.monotonic()
     base = config_from_args(args)  # the config file and --set must load on their own
-    overrides = list(args.overrides)
-    for extra, value in (("data.dataset", args.dataset), ("data.path", args.path)):
-        if value:
-            overrides.append(f"{extra}={json.dumps(value)}")
+    overrides = overrides_from_args(args)
     params = [parse_param(text) for text in args.params]
     check_params(params, args.search, args.config, overrides)
     out = Path(args.out or f"runs/tune-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
