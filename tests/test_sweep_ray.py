@@ -93,19 +93,22 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def ray_cluster(tmp_path, monkeypatch):
-    """A one-node Ray cluster started as a user would (``ray start --head``), stopped after.
+def ray_cluster(tmp_path):
+    """A one-node Ray cluster started as a user would (``ray start --head``), stopped after;
+    yields the address and the environment its clients need.
 
     ``--block`` keeps the command in the foreground, in a process group of its own; ending
     that group stops this cluster only (``ray stop`` would stop every Ray of the machine,
-    a developer's running sweep included).
+    a developer's running sweep included). The group is waited for until it is empty, so the
+    next test's Ray does not start beside a cluster still shutting down. The auth setting
+    lives in the environment of the cluster and its clients only, never in this process
+    (Ray keeps the first one a process sees).
     """
     ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port = free_port()
     start = [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
     # a throw-away cluster on localhost: no auth token to share between head and client
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     log = (tmp_path / "ray-start.log").open("w")
     head = subprocess.Popen(
         [*start, "--block"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -115,26 +118,38 @@ def ray_cluster(tmp_path, monkeypatch):
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
+    def group_alive() -> bool:
+        try:
+            os.killpg(head.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     try:
         wait_for(answers, 180, "the Ray head to listen")
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", env
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + 60
+        while group_alive() and time.monotonic() < deadline:
+            head.poll()  # reaps the head once it exits; its children are reaped by init
+            time.sleep(0.5)
+        if group_alive():
             os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        head.wait()
         log.close()
 
 
 def test_the_same_sweep_runs_on_a_ray_cluster(tmp_path, ray_cluster):
-    from vqcausal.cli import main as cli
-
+    address, env = ray_cluster
     out = tmp_path / "sweep"
     argv = ["ablate", "--size", "smoke", "--datasets", "toy", "--latents", "vq", "--rhos", "1"]
-    argv += ["--address", ray_cluster, "--threads", "1", "--out", str(out), *sets(TOY_TINY)]
-    assert cli(argv) == 0
+    argv += ["--address", address, "--threads", "1", "--out", str(out), *sets(TOY_TINY)]
+    vqcausal = [sys.executable, "-c", "import sys; from vqcausal.cli import main; sys.exit(main())"]
+    done = subprocess.run(
+        [*vqcausal, *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
     (row,) = results.collect(out)
     assert row.cell == "toy-vq-actions-rho1-s0" and 0 <= row.balanced_accuracy <= 1
     assert (out / "results.md").is_file() and (out / "results.csv").is_file()

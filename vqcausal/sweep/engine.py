@@ -108,6 +108,9 @@ def ray_session(options: SweepOptions) -> Iterator[Resources]:
     threads = options.threads or default_threads
     # no usage report from a user's sweep unless they ask for one (and none offline)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray gives a new local GCS 20 s to answer; a 2-core machine busy with a sweep (or a
+    # cluster still shutting down) can take longer, and a user can still set it lower
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "90")
     if started:
         if local:
             # "local": a Ray of its own even where a cluster runs (ray.init() would join it)
