@@ -181,10 +181,14 @@ def _data_info(args: argparse.Namespace) -> None:
         return
     console = Console()
     stored = info["stored_images"]
+    if "photos" in info:  # a photo collection: many photos per factor vector
+        held = f"photos {info['photos']:,} with {stored:,} distinct factor vectors"
+        held += "".join(f", {n:,} {why} left out" for why, n in info.get("left_out", {}).items())
+    else:
+        held = f"stored images {'all (procedural)' if stored is None else f'{stored:,}'}"
     console.print(
         f"[bold]{source.name}[/]  images {tuple(source.image_shape)}  "
-        f"grid points {info['grid_points']:,}  "
-        f"stored images {'all (procedural)' if stored is None else f'{stored:,}'}  "
+        f"grid points {info['grid_points']:,}  {held}  "
         + "  ".join(f"{name} {n:,}" for name, n in info["splits"].items())
     )
     factors = Table("factor", "size", "cyclic", title="factors")

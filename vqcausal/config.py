@@ -41,6 +41,7 @@ DATA_OPTIONS = {
     "mpi3d": (),
     "smallnorb": ("image_size",),
     "cars3d": ("image_size",),
+    "celeba": ("image_size", "attributes"),
     "folder": ("channels", "image_size", "cyclic"),
     "toy": (),
 }
@@ -52,13 +53,19 @@ class DataConfig:
 
     dataset: str = "shapes3d"  # see vqcausal.data.registry.DATASETS
     path: str | None = None  # 3dshapes.h5, dsprites .npz, pendulum folder, image folder
-    image_size: int | None = None  # resize (pendulum, smallnorb, cars3d, folder); None: native
+    image_size: int | None = None  # resize (pendulum, smallnorb, cars3d, celeba, folder)
     channels: int | None = None  # 1 or 3 where the source supports both
     # pendulum: keep every stride-th value of the CausalVAE grid (one step = 0.9 degrees);
     # None: 3 for the renderer (an action's effect stays visible at small image sizes), the
     # grid a folder's files lie on (1 for CausalVAE's). The run records the stride it used.
     stride: int | None = None
     cyclic: list[str] = field(default_factory=list)  # folder: names of cyclic factors
+    # celeba: the attributes that are the factors; empty: CausalVAE's four (Male, Smiling,
+    # Narrow_Eyes, Mouth_Slightly_Open), whose graph is then known
+    attributes: list[str] = field(default_factory=list)
+    # any dataset: factors whose labels are dropped, so a pair differs in one labelled factor
+    # and in any of these, as two CelebA photos differ in identity (vqcausal.data.photos)
+    unlabelled: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATA_OPTIONS:
@@ -67,7 +74,7 @@ class DataConfig:
             )
         takes = DATA_OPTIONS[self.dataset]
         for f in dataclasses.fields(self):
-            if f.name in ("dataset", "path") or f.name in takes:
+            if f.name in ("dataset", "path", "unlabelled") or f.name in takes:
                 continue
             default = f.default_factory() if callable(f.default_factory) else f.default
             if getattr(self, f.name) != default:

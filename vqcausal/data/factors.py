@@ -201,3 +201,13 @@ class FactorSpace:
     def __repr__(self) -> str:
         inner = ", ".join(f"{f.name}={f.size}{'~' if f.cyclic else ''}" for f in self.factors)
         return f"FactorSpace({inner})"
+
+
+def hash_unit(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """A deterministic pseudo-random number in [0, 1) per integer (splitmix64-style mix):
+    what splits grid points into train and test by a seeded hash."""
+    x = index.long() * 0x9E3779B1 + seed * 0x85EBCA77 + 0x27D4EB2F
+    x = (x ^ (x >> 15)) * 0x2C1B3C6D
+    x = (x ^ (x >> 12)) * 0x297A2D39
+    x = x ^ (x >> 15)
+    return (x & 0xFFFFFF).double() / float(1 << 24)

@@ -15,6 +15,7 @@ DATASETS = {
     "mpi3d": "MPI3D robot arm, 7 factors, 1,036,800 images (mpi3d_{toy,realistic,real}.npz)",
     "smallnorb": "SmallNORB toys: category, instance, elevation, azimuth, lighting (6 .mat files)",
     "cars3d": "Cars3D: elevation, azimuth, car (cars/car_XXX_mesh.mat)",
+    "celeba": "CelebA faces, binary attributes (img_align_celeba/ + list_*_celeba.txt)",
     "folder": "your images + factors.csv (path required)",
     "toy": "16x16 coloured bar: position and hue (tests and smoke runs)",
 }
@@ -24,11 +25,12 @@ FILE_ONLY = {
     "mpi3d": "mpi3d_toy.npz, mpi3d_realistic.npz or mpi3d_real.npz as distributed",
     "smallnorb": "the folder of the six smallnorb-5x*-{training,testing}-{dat,cat,info}.mat files",
     "cars3d": "the cars/ folder of car_XXX_mesh.mat files",
+    "celeba": "the folder of img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt",
 }
 
 
-def load_source(config: DataConfig) -> GroundTruthSource:
-    """Build the source a data config names; unknown names and bad paths are DataErrors."""
+def _load(config: DataConfig) -> GroundTruthSource:
+    """The source a data config names, its labels all kept."""
     name, path = config.dataset, config.path
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
@@ -73,6 +75,10 @@ def load_source(config: DataConfig) -> GroundTruthSource:
             from vqcausal.data.smallnorb import SmallNORBFolder
 
             return SmallNORBFolder(path, image_size=config.image_size)
+        if name == "celeba":
+            from vqcausal.data.celeba import CelebAFolder
+
+            return CelebAFolder(path, attributes=config.attributes, image_size=config.image_size)
         from vqcausal.data.cars3d import Cars3DFolder
 
         return Cars3DFolder(path, image_size=config.image_size)
@@ -87,3 +93,13 @@ def load_source(config: DataConfig) -> GroundTruthSource:
     return ImageFolderSource(
         path, cyclic=config.cyclic, channels=channels or 3, image_size=config.image_size
     )
+
+
+def load_source(config: DataConfig) -> GroundTruthSource:
+    """Build the source a data config names; unknown names and bad paths are DataErrors."""
+    source = _load(config)
+    if config.unlabelled:
+        from vqcausal.data.photos import UnlabelledFactors
+
+        return UnlabelledFactors(source, list(config.unlabelled))
+    return source

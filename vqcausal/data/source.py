@@ -31,6 +31,9 @@ class GroundTruthSource(ABC):
     name: str
     space: FactorSpace
     image_shape: tuple[int, int, int]
+    # one image per factor vector, so render is a function of the values (False for photo
+    # collections, :mod:`vqcausal.data.photos`: many photos per vector, x' another person)
+    unique_images: bool = True
 
     @abstractmethod
     def render(self, values: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,10 @@ afterwards, so the same code serves procedural renderers and on-disk files.
   is uniform. ``value_imbalance`` does the same to every factor's values (value 0 most
   frequent). The action is drawn first and the source image is drawn among those the
   action can move, so the requested action frequencies hold exactly even at grid edges.
+* Photo collections (:mod:`vqcausal.data.photos`, e.g. CelebA): the factor vectors are drawn
+  as above (a vector in proportion to its photos of the split), then a photo of each: x among
+  the photos of its vector, x' among those of the moved vector, both of the pair's split. The
+  transitions carry the photo rows, and :meth:`TransitionSampler.images` loads those photos.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vqcausal.data.factors import hash_unit
+from vqcausal.data.photos import PhotoSource
 from vqcausal.data.source import ConceptScaler, GroundTruthSource
 from vqcausal.errors import DataError
 
@@ -62,9 +68,33 @@ class Transitions:
     values: torch.Tensor  # (B, K) long
     actions: torch.Tensor  # (B,) long
     values_next: torch.Tensor  # (B, K) long
+    # photo collections: which photo is x and which x' (None where the values name the image)
+    rows: torch.Tensor | None = None  # (B,) long
+    rows_next: torch.Tensor | None = None  # (B,) long
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
+
+    def __getitem__(self, index: slice | torch.Tensor) -> Transitions:
+        """The transitions at ``index`` (a slice, indices or a mask), every field alike."""
+        fields = (self.values, self.actions, self.values_next, self.rows, self.rows_next)
+        return Transitions(*(None if f is None else f[index] for f in fields))
+
+    @staticmethod
+    def gather(parts: list[tuple[torch.Tensor, Transitions]], n: int) -> Transitions:
+        """n transitions put together from parts, each with the positions it fills."""
+        first = parts[0][1]
+        names = ("values", "actions", "values_next", "rows", "rows_next")
+        out = {}
+        for name in names:
+            like = getattr(first, name)
+            if like is None:
+                out[name] = None
+                continue
+            out[name] = like.new_empty((n, *like.shape[1:]))
+            for where, part in parts:
+                out[name][where] = getattr(part, name)
+        return Transitions(**out)
 
 
 def geometric_weights(n: int, ratio: float) -> torch.Tensor:
@@ -75,15 +105,6 @@ def geometric_weights(n: int, ratio: float) -> torch.Tensor:
         -torch.arange(n, dtype=torch.float64) / (n - 1)
     )
     return weights / weights.sum()
-
-
-def _hash_unit(index: torch.Tensor, seed: int) -> torch.Tensor:
-    """A deterministic pseudo-random number in [0, 1) per integer (splitmix64-style mix)."""
-    x = index.long() * 0x9E3779B1 + seed * 0x85EBCA77 + 0x27D4EB2F
-    x = (x ^ (x >> 15)) * 0x2C1B3C6D
-    x = (x ^ (x >> 12)) * 0x297A2D39
-    x = x ^ (x >> 15)
-    return (x & 0xFFFFFF).double() / float(1 << 24)
 
 
 class TransitionSampler:
@@ -103,11 +124,17 @@ class TransitionSampler:
         self.value_weights = [
             geometric_weights(size, self.config.value_imbalance) for size in self.space.sizes
         ]
+        self._photos = source if isinstance(source, PhotoSource) else None
+        if self._photos is not None and not self._photos.split_given:  # split by our hash
+            unit = hash_unit(self._photos.split_keys(), self.config.seed)
+            self._photos.use_split((unit < self.config.test_fraction).long())
         self._stored = source.stored_values()
-        if self._stored is not None:
+        if self._photos is not None:
+            self._prepare_photos()
+        elif self._stored is not None:
             self._prepare_stored()
         self.rare_action: int | None = None
-        self.rare_values: torch.Tensor | None = None  # (k, K) sources of the k rare pairs
+        self.rare_pairs: Transitions | None = None  # the k distinct rare training pairs
         if self.config.rare_action:
             self._prepare_rare()
 
@@ -118,11 +145,14 @@ class TransitionSampler:
             rows = self.source.rows_of(values)  # type: ignore[attr-defined]
             split = self._stored_split[rows.clamp(min=0)]
             return torch.where(rows >= 0, split, torch.ones_like(split))
-        unit = _hash_unit(self.space.ravel(values), self.config.seed)
+        unit = hash_unit(self.space.ravel(values), self.config.seed)
         return (unit < self.config.test_fraction).long()
 
     def split_sizes(self, chunk: int = 1 << 20) -> dict[str, int]:
-        """Images in each split: stored images, or every grid point of a procedural source."""
+        """Images in each split: photos, stored images, or every grid point of a renderer."""
+        if self._photos is not None:
+            split = self._photos.photo_split
+            return {name: int((split == s).sum()) for s, name in enumerate(SPLITS)}
         if self._stored is not None:
             split = self.split_of(self._stored)
             return {name: int((split == s).sum()) for s, name in enumerate(SPLITS)}
@@ -154,6 +184,25 @@ class TransitionSampler:
                     keep &= row_split[target_rows.clamp(min=0)] == 0
                 rows = keep.nonzero().squeeze(1)
                 self._candidates[(a, s)] = (rows, row_weight[rows])
+
+    def _prepare_photos(self) -> None:
+        """Per action and split, the factor vectors it moves onto a vector with photos of the
+        same split, weighted by their photos there (uniform over photos) and value weights."""
+        photos, vectors = self._photos, self._stored
+        assert photos is not None and vectors is not None
+        self._stored_split = None  # the split is the photos', not the vectors'
+        value_weight = torch.ones(vectors.shape[0], dtype=torch.float64)
+        for k in range(self.space.num_factors):
+            value_weight *= self.value_weights[k][vectors[:, k]]
+        self._candidates = {}
+        for a in range(self.space.num_actions):
+            actions = torch.full((vectors.shape[0],), a, dtype=torch.long)
+            nxt, valid = self.space.apply(vectors, actions)
+            for s in range(2):
+                have = photos.photo_counts(vectors, s)
+                keep = valid & (have > 0) & (photos.photo_counts(nxt, s) > 0)
+                rows = keep.nonzero().squeeze(1)
+                self._candidates[(a, s)] = (rows, value_weight[rows] * have[rows])
 
     def _sample_stored(
         self, actions: torch.Tensor, split: int, generator: torch.Generator
@@ -194,12 +243,18 @@ class TransitionSampler:
         )
 
     # ---- one action held at k training pairs ----------------------------------------------
+    @property
+    def rare_values(self) -> torch.Tensor | None:
+        """(k, K) source factor vectors of the k rare training pairs (None: mode off)."""
+        return None if self.rare_pairs is None else self.rare_pairs.values
+
     def _prepare_rare(self) -> None:
         """Draw the fixed set of ``rare_examples`` distinct training pairs of ``rare_action``.
 
         Drawn with the ordinary train-split sampler (so value imbalance and the split apply)
         from a generator seeded by ``seed`` and the action alone: the set does not depend on
-        how many batches were drawn before, and it is the same in every process.
+        how many batches were drawn before, and it is the same in every process. A pair is
+        its source image: a grid point, or for photos the two photos.
         """
         names = list(self.space.action_names)
         name, k = self.config.rare_action, self.config.rare_examples
@@ -210,18 +265,18 @@ class TransitionSampler:
         a = names.index(name)
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + 7907 * (a + 1))
         chunk = max(4 * k, 256)
-        found: dict[int, torch.Tensor] = {}  # raveled source -> values, in order of discovery
+        found: dict[tuple[int, ...], Transitions] = {}  # pair -> it, in order of discovery
         stale = 0
         while len(found) < k and stale < 20:
-            actions = torch.full((chunk,), a, dtype=torch.long)
-            if self._stored is not None:
-                values = self._sample_stored(actions, 0, generator)
-            else:
-                values = self._sample_grid(actions, 0, generator)
+            t = self._draw(torch.full((chunk,), a, dtype=torch.long), 0, generator)
             before = len(found)
-            for key, row in zip(self.space.ravel(values).tolist(), values, strict=True):
+            keys = self.space.ravel(t.values).tolist()
+            if t.rows is not None and t.rows_next is not None:
+                keys = list(zip(t.rows.tolist(), t.rows_next.tolist(), strict=True))
+            for i, key in enumerate(keys):
+                key = key if isinstance(key, tuple) else (key,)
                 if key not in found:
-                    found[key] = row
+                    found[key] = t[i : i + 1]
                     if len(found) == k:
                         break
             stale = stale + 1 if len(found) == before else 0
@@ -231,28 +286,27 @@ class TransitionSampler:
                 f"pairs, fewer than rare_examples = {k}"
             )
         self.rare_action = a
-        self.rare_values = torch.stack(list(found.values()))
-
-    def _sample_train_with_rare(
-        self, actions: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        """Train sources: the rare action's from its fixed set, every other action's as usual."""
-        assert self.rare_values is not None
-        values = torch.empty(actions.shape[0], self.space.num_factors, dtype=torch.long)
-        rare = actions == self.rare_action
-        others = (~rare).nonzero().squeeze(1)
-        if others.numel():
-            if self._stored is not None:
-                values[others] = self._sample_stored(actions[others], 0, generator)
-            else:
-                values[others] = self._sample_grid(actions[others], 0, generator)
-        count = int(rare.sum())
-        if count:
-            pick = torch.randint(len(self.rare_values), (count,), generator=generator)
-            values[rare] = self.rare_values[pick]
-        return values
+        pairs = list(found.values())
+        self.rare_pairs = Transitions.gather(
+            [(torch.tensor([i]), p) for i, p in enumerate(pairs)], len(pairs)
+        )
 
     # ---- public -----------------------------------------------------------------------
+    def _draw(self, actions: torch.Tensor, split: int, generator: torch.Generator) -> Transitions:
+        """Pairs of a split for the given actions (the rare action's fixed set aside)."""
+        if self._stored is not None:
+            values = self._sample_stored(actions, split, generator)
+        else:
+            values = self._sample_grid(actions, split, generator)
+        values_next, valid = self.space.apply(values, actions)
+        assert bool(valid.all()), "sampler produced an invalid move"
+        if self._photos is None:
+            return Transitions(values, actions, values_next)
+        rows = self._photos.photos_of(values, split, generator)
+        rows_next = self._photos.photos_of(values_next, split, generator)
+        assert bool((rows >= 0).all() and (rows_next >= 0).all()), "a vector without photos"
+        return Transitions(values, actions, values_next, rows, rows_next)
+
     def sample(
         self,
         n: int,
@@ -273,20 +327,27 @@ class TransitionSampler:
                 probs = torch.full_like(probs, 1.0 / len(probs))
             actions = torch.multinomial(probs, n, replacement=True, generator=generator)
         actions = actions.long()
-        if s == 0 and self.rare_values is not None:
-            values = self._sample_train_with_rare(actions, generator)
-        elif self._stored is not None:
-            values = self._sample_stored(actions, s, generator)
-        else:
-            values = self._sample_grid(actions, s, generator)
-        values_next, valid = self.space.apply(values, actions)
-        assert bool(valid.all()), "sampler produced an invalid move"
-        return Transitions(values, actions, values_next)
+        if s == 1 or self.rare_pairs is None:
+            return self._draw(actions, s, generator)
+        # training pairs: the rare action's from its fixed set, every other action's as usual
+        rare = actions == self.rare_action
+        others, chosen = (~rare).nonzero().squeeze(1), rare.nonzero().squeeze(1)
+        parts = []
+        if others.numel():
+            parts.append((others, self._draw(actions[others], 0, generator)))
+        if chosen.numel():
+            pick = torch.randint(len(self.rare_pairs), (chosen.numel(),), generator=generator)
+            parts.append((chosen, self.rare_pairs[pick]))
+        return Transitions.gather(parts, len(actions))
 
     def images(self, transitions: Transitions) -> tuple[torch.Tensor, torch.Tensor]:
-        """Render (x, x') for a batch of transitions as uint8 (B, C, H, W)."""
-        both = torch.cat([transitions.values, transitions.values_next])
-        imgs = self.source.render(both)
+        """Render (x, x') for a batch of transitions as uint8 (B, C, H, W); a photo
+        collection's are the photos the sampler drew."""
+        if transitions.rows is not None and transitions.rows_next is not None:
+            assert self._photos is not None
+            imgs = self._photos.load_rows(torch.cat([transitions.rows, transitions.rows_next]))
+        else:
+            imgs = self.source.render(torch.cat([transitions.values, transitions.values_next]))
         return imgs[: len(transitions)], imgs[len(transitions) :]
 
     def batch(

@@ -178,9 +178,14 @@ def counterfactual_section(
     codes = None
     if predicted.dtype == torch.long:  # discrete codes: where the transition is right
         codes = code_change_report(pairs.latents, pairs.latents_next, predicted, actions, names)
+    unchanged = torch.cat(
+        [psnr(to_float(pairs.x[p]), to_float(pairs.x_next[p])) for p in chunks(len(actions))]
+    )
     section: dict[str, Any] = {
         "psnr": cf_psnr,
         "ssim": cf_ssim,
+        # x itself against x': what a "counterfactual" that changes nothing would score
+        "psnr_unchanged": unchanged.mean().item(),
         "atomicity": atomic["atomicity"],
         "intended_moved": atomic["intended_moved"],
         "others_kept": atomic["others_kept"],

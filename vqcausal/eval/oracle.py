@@ -44,6 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from vqcausal.data.photos import PhotoSource
 from vqcausal.data.source import GroundTruthSource, to_float
 from vqcausal.data.transitions import SPLITS, TransitionSampler
 
@@ -179,9 +180,12 @@ def split_values(
     """Up to ``n`` distinct factor vectors of a split (None: all data), uniform over them.
 
     Stored sources draw from their stored images; procedural ones from the full grid (every
-    grid point when the grid is small, rejection sampling otherwise).
+    grid point when the grid is small, rejection sampling otherwise); photo collections give
+    the labels of up to ``n`` distinct photos (so vectors repeat, as often as in the photos).
     """
     space = sampler.space
+    if isinstance(sampler.source, PhotoSource):
+        return sampler.source.photo_values[_photo_rows(sampler.source, n, split, generator)]
     stored = sampler.source.stored_values()
     if stored is None and space.num_values <= max(4 * n, 100_000):
         stored = space.unravel(torch.arange(space.num_values))
@@ -201,6 +205,28 @@ def split_values(
             if len(found) >= n:
                 return torch.stack(list(found.values()))
     return torch.stack(list(found.values())) if found else torch.zeros(0, space.num_factors).long()
+
+
+def _photo_rows(
+    source: PhotoSource, n: int, split: str | None, generator: torch.Generator
+) -> torch.Tensor:
+    rows = source.split_rows(None if split is None else SPLITS.index(split))
+    if len(rows) > n:
+        rows = rows[torch.randperm(len(rows), generator=generator)[:n]]
+    return rows
+
+
+def labelled_images(
+    sampler: TransitionSampler, n: int, split: str, generator: torch.Generator, render: Render
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``n`` images of a split with their factor vectors: distinct grid points rendered
+    (:func:`split_values`), or distinct photos of a photo collection (its own split's)."""
+    source = sampler.source
+    if isinstance(source, PhotoSource):
+        rows = _photo_rows(source, n, split, generator)
+        return source.photo_values[rows], source.load_rows(rows)
+    values = split_values(sampler, n, split, generator)
+    return values, render(values)
 
 
 def _accuracy(oracle: FactorOracle, images: torch.Tensor, values: torch.Tensor, names) -> dict:
@@ -243,12 +269,16 @@ def train_oracle(
     """Train on train-split images, measure accuracy on test-split images."""
     render = render or source.render
     generator = torch.Generator().manual_seed(settings.seed)
-    train_values = split_values(sampler, settings.train_images, "train", generator)
-    test_values = split_values(sampler, settings.test_images, "test", generator)
+    train_values, train_images = labelled_images(
+        sampler, settings.train_images, "train", generator, render
+    )
+    test_values, test_images = labelled_images(
+        sampler, settings.test_images, "test", generator, render
+    )
     if test_values.shape[0] == 0:  # a split without test images: hold out a tenth of train
         cut = max(1, train_values.shape[0] // 10)
         test_values, train_values = train_values[:cut], train_values[cut:]
-    train_images, test_images = render(train_values), render(test_values)
+        test_images, train_images = train_images[:cut], train_images[cut:]
 
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):

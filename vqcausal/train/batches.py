@@ -92,10 +92,7 @@ class PairChunks(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         part = slice(i * self.chunk, (i + 1) * self.chunk)
-        t = self.transitions
-        return self.sampler.images(
-            Transitions(*(v[part] for v in (t.values, t.actions, t.values_next)))
-        )
+        return self.sampler.images(self.transitions[part])
 
 
 def loader(dataset: Dataset | IterableDataset, workers: int, pin_memory: bool) -> DataLoader:
