@@ -23,6 +23,7 @@ from vqcausal.eval.disentanglement import (
     mutual_information_matrix,
     sample_factors,
     sap,
+    sap_balanced,
 )
 
 SIZES = (3, 4, 5)
@@ -32,6 +33,7 @@ KEYS = {
     "factor_vae",
     "mig",
     "sap",
+    "sap_balanced",
     "dci_disentanglement",
     "dci_completeness",
     "dci_informativeness",
@@ -83,13 +85,14 @@ def test_identity_representation_scores_high() -> None:
     assert scores["dci_informativeness"] >= 0.95
     # SAP's runner-up is a chance-level classifier (1/n balanced accuracy): ~mean(1 - 1/n)
     expected_sap = np.mean([1 - 1 / s for s in SIZES])
-    assert scores["sap"] == pytest.approx(expected_sap, abs=0.05)
+    assert scores["sap_balanced"] == pytest.approx(expected_sap, abs=0.05)
+    assert 0 < scores["sap"] < scores["sap_balanced"]  # the standard's linear classifier
 
 
 def test_random_representation_scores_low() -> None:
     scores = disentanglement_scores(pure_noise(), SIZES, FAST, seed=0)
     assert scores["mig"] < 0.1
-    assert scores["sap"] < 0.1
+    assert scores["sap"] < 0.1 and scores["sap_balanced"] < 0.1
     assert scores["dci_disentanglement"] < 0.3
     assert scores["dci_completeness"] < 0.3
     chance = 1 / len(SIZES)
@@ -166,13 +169,52 @@ def test_modularity_template_on_hand_written_mi() -> None:
     assert modularity_from_mi(np.array([[2.0, 1.0, 0.0]])) == pytest.approx(1 - 1 / 8)
 
 
-def test_sap_full_grid_matches_chance_gap() -> None:
+def test_sap_balanced_full_grid_matches_chance_gap() -> None:
     # on the full grid an independent dim gives exactly 1/n balanced accuracy
     factors = grid((2, 4), repeat=20)
-    assert sap(factors.astype(float), factors, factors.astype(float), factors) == pytest.approx(
+    as_float = factors.astype(float)
+    assert sap_balanced(as_float, factors, as_float, factors) == pytest.approx(
         np.mean([1 - 1 / 2, 1 - 1 / 4])
     )
-    assert sap(factors, factors, factors, factors) == pytest.approx(0.625)
+    assert sap_balanced(factors, factors, factors, factors) == pytest.approx(0.625)
+
+
+def _reference_sap(mus, ys, mus_test, ys_test) -> float:
+    """disentanglement_lib's sap_score.compute_sap for discrete factors, as written there
+    (latents and factors as (dims, N) rows), for the known-answer test."""
+    from sklearn import svm
+
+    score_matrix = np.zeros([mus.shape[0], ys.shape[0]])
+    for i in range(mus.shape[0]):
+        for j in range(ys.shape[0]):
+            classifier = svm.LinearSVC(C=0.01, class_weight="balanced")
+            classifier.fit(mus[i, :][:, np.newaxis], ys[j, :])
+            pred = classifier.predict(mus_test[i, :][:, np.newaxis])
+            score_matrix[i, j] = np.mean(pred == ys_test[j, :])
+    sorted_matrix = np.sort(score_matrix, axis=0)
+    return float(np.mean(sorted_matrix[-1, :] - sorted_matrix[-2, :]))
+
+
+def test_sap_is_the_standard_computation() -> None:
+    rng = np.random.default_rng(0)
+    factors = grid((2, 3, 10), repeat=8)
+    latents = np.concatenate(
+        [factors + rng.normal(0, 0.3, factors.shape), rng.normal(size=(len(factors), 2))], 1
+    )
+    order = rng.permutation(len(factors))
+    tr, te = order[:300], order[300:]
+    ours = sap(latents[tr], factors[tr], latents[te], factors[te])
+    reference = _reference_sap(latents[tr].T, factors[tr].T, latents[te].T, factors[te].T)
+    assert ours == pytest.approx(reference, abs=1e-9)
+    # known answers: a perfect code of the 2 x 2 grid reads each factor exactly (1) against
+    # an independent runner-up at chance (1/2)
+    square = grid((2, 2), repeat=10)
+    assert sap(square.astype(float), square, square.astype(float), square) == pytest.approx(0.5)
+    # a perfect code of a 10-valued factor: one line per class cannot pick out the middle
+    # values, so the standard scores it low (as published SAP values of good codes are)
+    ten = grid((10, 2), repeat=5)
+    perfect = ten.astype(float)
+    assert sap(perfect, ten, perfect, ten) < 0.5 < sap_balanced(perfect, ten, perfect, ten)
 
 
 def test_discrete_codes_score_high_and_ignore_code_order() -> None:
@@ -196,8 +238,8 @@ def test_discrete_codes_score_high_and_ignore_code_order() -> None:
     for metric in (mig, modularity):
         assert metric(relabel, factors) == pytest.approx(metric(latents, factors))
     split = (factors[tr], latents[te], factors[te])
-    assert sap(relabel[tr], factors[tr], relabel[te], factors[te]) == pytest.approx(
-        sap(latents[tr], *split)
+    assert sap_balanced(relabel[tr], factors[tr], relabel[te], factors[te]) == pytest.approx(
+        sap_balanced(latents[tr], *split)
     )
     assert explicitness(relabel[tr], factors[tr], relabel[te], factors[te]) == pytest.approx(
         explicitness(latents[tr], *split), abs=1e-4
@@ -228,6 +270,7 @@ def test_collapsed_dims_and_single_valued_factors_do_not_give_nan() -> None:
     flat = np.zeros((50, 2), dtype=np.int64)
     assert mig(flat.astype(float), flat) == 0.0
     assert modularity(flat.astype(float), flat) == 0.0
+    assert sap_balanced(flat.astype(float), flat, flat.astype(float), flat) == 0.0
     assert sap(flat.astype(float), flat, flat.astype(float), flat) == 0.0
 
 

@@ -110,6 +110,29 @@ def test_report_is_one_self_contained_page(run_dir, report):
     assert (run_dir / "eval" / "training-curves.png").is_file()
 
 
+def test_the_report_opens_with_what_says_whether_the_model_works(report):
+    page = report.read_text()
+    order = [
+        page.index("<h2>Does it work?</h2>"),
+        page.index("<h2>Per action</h2>"),
+        page.index("<img"),
+        page.index("<details>"),
+        page.index("<td>retrieval.synthesis.accuracy</td>"),  # the full list, folded away
+    ]
+    assert order == sorted(order)
+    headline = page[order[0] : order[1]]
+    assert (
+        '<td>retrieval, synthesis head: balanced</td><td class="value">0.8123</td>'
+        '<td class="value">&ge; 0.99</td><td class="missed">missed</td>' in headline
+    )
+    assert 'reconstruction PSNR</td><td class="value">29.88 dB</td>' in headline
+    per_action = page[order[1] : order[2]]
+    assert "<th>synthesis head</th>" in per_action
+    assert '<tr><td>shape+</td><td class="value">0.7</td></tr>' in per_action
+    assert '<tr><td>shape-</td><td class="value">n/a</td></tr>' in per_action
+    assert "training-curves (from metrics.jsonl): loss terms" in page  # captioned
+
+
 def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [

@@ -134,7 +134,7 @@ def test_a_full_disk_is_one_line_keeps_the_checkpoint_and_resumes(small_disk, tm
         _, stderr = proc.communicate(timeout=240)
     run = only_run(runs)
     assert proc.returncode == 2, stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and "disk is full" in lines[-1], stderr
     assert f"resume with `python train.py --resume {run}`" in lines[-1]

@@ -497,3 +497,18 @@ def test_vqcausal_ablate_is_the_task(capsys, tmp_path):
     printed = capsys.readouterr().out
     assert "shapes3d" in printed and "vq" in printed
     assert cli(["ablate", "--size", "enormous"]) == 2
+
+
+def test_each_cell_run_is_tagged_for_tracker_dashboards(tmp_path):
+    (cell,) = planner.plan("smoke", datasets=["toy"], latents=["vq"], rhos=[10])
+    argv = cell_folders.train_command(cell, tmp_path / "ablation" / cell.name, sys.executable)
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    config = load_config(cell.config_path, sets)
+    assert config.tags == [
+        "sweep=ablation",
+        "dataset=toy",
+        "latent=vq",
+        "mode=actions",
+        "rho=10",
+        "seed=0",
+    ]

@@ -220,24 +220,17 @@ def _data_preview(args: argparse.Namespace) -> None:
 
 
 def _data_export(args: argparse.Namespace) -> None:
-    from rich.progress import Progress
-
     from vqcausal.data.export import export_pairs
+    from vqcausal.progress import Progress
 
     config, source, sampler = _source_and_sampler(args)
     if args.layout == "causalvae":
         _export_causalvae(source, sampler, args.out)
         return
     counts = {"train": args.train, "test": args.test}
-    with Progress(transient=True) as progress:
-        task = progress.add_task("rendering pairs", total=sum(counts.values()))
+    with Progress("rendering pairs", sum(counts.values()), transient=True) as progress:
         export_pairs(
-            sampler,
-            args.out,
-            counts,
-            args.shard_size,
-            config.seed,
-            progress=lambda n: progress.advance(task, n),
+            sampler, args.out, counts, args.shard_size, config.seed, progress=progress.advance
         )
     print(f"wrote {args.train:,} train + {args.test:,} test pairs of {source.name} to {args.out}")
 
@@ -245,22 +238,19 @@ def _data_export(args: argparse.Namespace) -> None:
 def _export_causalvae(source, sampler, out: str) -> None:
     """The procedural pendulum's grid as CausalVAE's folder, split as training splits it."""
     import torch
-    from rich.progress import Progress
 
     from vqcausal.data.export import new_export_folder
     from vqcausal.data.pendulum import PendulumRenderer
     from vqcausal.data.pendulum_folder import write_causalvae_folder
+    from vqcausal.progress import Progress
 
     if not isinstance(source, PendulumRenderer):
         raise VQCausalError("--layout causalvae writes the procedural pendulum only")
     target = new_export_folder(out)
     values = source.space.unravel(torch.arange(source.space.num_values))
     splits = sampler.split_of(values)
-    with Progress(transient=True) as progress:
-        task = progress.add_task("writing PNGs", total=len(values))
-        write_causalvae_folder(
-            source, target, values, splits, progress=lambda n: progress.advance(task, n)
-        )
+    with Progress("writing PNGs", len(values), transient=True) as progress:
+        write_causalvae_folder(source, target, values, splits, progress=progress.advance)
     test = int(splits.sum())
     print(f"wrote {len(values) - test:,} train + {test:,} test images of pendulum to {target}")
 
@@ -310,11 +300,8 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from rich.console import Console
-
     from vqcausal.eval.evaluate import evaluate_run, print_summary
 
-    console = Console(stderr=True)
     result = evaluate_run(
         args.run_dir,
         args.out,
@@ -322,7 +309,6 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.pairs,
         args.fast,
         args.seed,
-        status=lambda message: console.status(f"evaluate: {message}"),
         disentanglement=args.disentanglement,
     )
     print_summary(result)

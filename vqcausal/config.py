@@ -131,6 +131,10 @@ class TrainConfig:
     # fast, for checks). Pays off on a GPU for long runs; costs ~30 s of compiling per stage
     compile: str = "no"
     channels_last: bool = False  # NHWC convolutions: faster under bf16 on recent GPUs
+    # experiment trackers through accelerate: "auto" (TensorBoard when installed), "none",
+    # "all" (every installed one), a name ("tensorboard", "wandb", "mlflow", "aim",
+    # "comet_ml", ...) or a list of names; files stay in the run folder (vqcausal.train.trackers)
+    log_with: str | list[str] = "auto"
 
     def __post_init__(self) -> None:
         from vqcausal.schedule import SCHEDULES
@@ -169,6 +173,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     runs: str = "runs"  # parent folder of run folders
     name: str = ""  # run folder name prefix; default: the dataset name
+    # labels for experiment trackers ("latent=vq", "sweep=ablation"): dashboards group runs by
+    # them; sweeps and searches tag each run with its cell or trial
+    tags: list[str] = field(default_factory=list)
     seed: int = 0
 
 

@@ -34,8 +34,6 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -495,27 +493,24 @@ class Result:
     figures: list[Path]
 
 
-Status = Callable[[str], Any]
-
-
-@contextmanager
-def _nothing(message: str):
-    yield
-
-
-def run_evaluation(
-    inputs: Inputs, status: Status | None = None, disentanglement: bool = True
-) -> Result:
-    """Compute every section, write the figures and metrics.json, return them.
+def run_evaluation(inputs: Inputs, disentanglement: bool = True) -> Result:
+    """Compute every section, write the figures and metrics.json, return them; each section
+    shows as it runs (:func:`vqcausal.progress.section`).
 
     ``disentanglement=False`` skips the slowest section (sklearn models over 10k points),
     which sweeps that only compare retrieval and counterfactuals do not need."""
     from vqcausal.eval.counterfactual import counterfactual_section, training_fit
     from vqcausal.eval.disentanglement import DisentanglementSettings
     from vqcausal.eval.oracle import OracleSettings, load_or_train_oracle
+    from vqcausal.progress import section
     from vqcausal.runs import write_text_atomic
 
-    status = status or _nothing
+    sections = ["encoding held-out pairs", "factor oracle", "counterfactuals"]
+    sections += ["disentanglement scores"] * disentanglement + ["structure and MIC", "figures"]
+
+    def status(name: str):
+        return section("evaluate", sections.index(name) + 1, len(sections), name)
+
     model, source, sampler, t = inputs.model, inputs.source, inputs.sampler, inputs.transitions
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
@@ -631,12 +626,11 @@ def evaluate_run(
     pairs: int | None = None,
     fast: bool = False,
     seed: int | None = None,
-    status: Status | None = None,
     disentanglement: bool = True,
 ) -> Result:
     """Validate, then evaluate (see the module docstring)."""
     inputs = prepare(run_dir, out, split, pairs, fast, seed)
-    return run_evaluation(inputs, status, disentanglement)
+    return run_evaluation(inputs, disentanglement)
 
 
 # ---- printing -------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from torch import nn
 from vqcausal.data.photos import PhotoSource
 from vqcausal.data.source import GroundTruthSource, to_float
 from vqcausal.data.transitions import SPLITS, TransitionSampler
+from vqcausal.progress import Progress
 
 Render = Callable[[torch.Tensor], torch.Tensor]
 
@@ -296,7 +297,7 @@ def train_oracle(
     threads = settings.threads
     if threads is None and max(source.image_shape[1:]) <= 32:
         threads = 1
-    with _cpu_threads(threads, device):
+    with _cpu_threads(threads, device), Progress("factor oracle", settings.steps) as bar:
         for _ in range(settings.steps):
             pick = torch.randint(n, (settings.batch_size,), generator=generator)
             x = to_float(train_images[pick]).to(device)
@@ -310,6 +311,7 @@ def train_oracle(
             loss.backward()
             optimizer.step()
             schedule.step()
+            bar.advance(loss=float(loss.detach()))
         oracle.eval()
         info = _accuracy(oracle, test_images, test_values, source.space.names)
     info.update(

@@ -1,4 +1,7 @@
-"""One self-contained HTML page per run: metrics table, evaluation figures, training curves.
+"""One self-contained HTML page per run, in the order a reader asks: does the model work (the
+headline figures beside their goals), where does it fail (one row per action), what does it
+look like (the figures, each with what to look for), then the rest, and the settings folded
+away at the end.
 
 Everything is inlined (CSS, PNGs as data URIs, a few lines of script), so the page can be
 mailed, archived or opened offline; a Content-Security-Policy forbids any fetch at all.
@@ -29,6 +32,8 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
 table { border-collapse: collapse; font-size: 0.9em; }
 td, th { border-bottom: 1px solid #ddd; padding: 0.25em 1em 0.25em 0.4em; text-align: left; }
 td.value { font-family: ui-monospace, monospace; text-align: right; }
+td.met { color: #1a7f37; } td.missed { color: #b42318; font-weight: 600; }
+details { margin-top: 2em; } summary { cursor: pointer; font-weight: 600; }
 figure { margin: 1.5em 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; }
@@ -44,6 +49,58 @@ window.addEventListener("load", function () {
   document.getElementById("rendered-images").textContent = String(n);
 });
 """
+
+#: (label, metric key, goal, unit): the figures that say whether the model works, with the
+#: README's goals for the default CPU run (issue 12); None: shown without a goal
+HEADLINE = (
+    ("retrieval, synthesis head: balanced", "retrieval.synthesis.balanced_accuracy", 0.99, ""),
+    (
+        "retrieval, synthesis head: worst action",
+        "retrieval.synthesis.worst_action_accuracy",
+        0.97,
+        "",
+    ),
+    ("retrieval, classifier head: balanced", "retrieval.classifier.balanced_accuracy", 0.97, ""),
+    (
+        "retrieval, classifier head: worst action",
+        "retrieval.classifier.worst_action_accuracy",
+        0.93,
+        "",
+    ),
+    ("atomicity of counterfactuals", "counterfactual.atomicity", 0.90, ""),
+    (
+        "its ceiling: atomicity of decode(encode(x'))",
+        "counterfactual.autoencoder_ceiling",
+        None,
+        "",
+    ),
+    ("atomicity after 3 chained steps", "counterfactual.atomicity_chained_3", 0.75, ""),
+    ("counterfactual PSNR against the true x'", "counterfactual.psnr", 31.0, " dB"),
+    ("x itself against x' (changing nothing)", "counterfactual.psnr_unchanged", None, " dB"),
+    ("reconstruction PSNR", "reconstruction.psnr", 34.0, " dB"),
+)
+#: what to look for in each figure, by its name (evaluation PNGs, then training figures)
+CAPTIONS = {
+    "interventions": "each row: an input x, then every action applied once. Look for: only "
+    "the named factor changing, everything else staying.",
+    "counterfactuals": "per action: x | true x' | decode(encode(x')) | counterfactual | "
+    "|counterfactual - x'|. Look for: bright difference maps (the counterfactual misses x'), "
+    "and a third column already unlike x' (the autoencoder's own loss).",
+    "recon": "inputs above their reconstructions. Look for: a factor the autoencoder changes "
+    "(shape, a colour): it caps atomicity.",
+    "confusion_synthesis": "which action the synthesis head names (columns) for each true "
+    "action (rows). Look for: off-diagonal cells; + and - of one factor confused means the "
+    "direction is lost.",
+    "confusion_classifier": "the same for the classifier head.",
+    "per_action_synthesis": "held-out accuracy per action, synthesis head. Look for: the "
+    "weakest actions (rare ones, geometry).",
+    "per_action_classifier": "the same for the classifier head.",
+    "adjacency": "the learned graph: edge strength between code variables (scm: between "
+    "concepts). Look for: a sparse pattern; for scm, the true DAG's edges.",
+    "training-curves": "loss terms and held-out figures per step (stage 2 starts where the "
+    "terms change). Look for: curves still falling at the end (more steps would help) or "
+    "spikes.",
+}
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -114,17 +171,29 @@ def _figure_html(path: Path, caption: str) -> str:
     )
 
 
+def _caption(name: str, where: str) -> str:
+    """``name (where): what it shows; look for ...``."""
+    what = CAPTIONS.get(name)
+    return f"{name} ({where}): {what}" if what else f"{name} ({where})"
+
+
+def _figure_order(path: Path) -> tuple[int, str]:
+    """Evaluation figures in the order of CAPTIONS (the most telling first), then the rest."""
+    order = list(CAPTIONS)
+    return (order.index(path.stem) if path.stem in order else len(order), path.name)
+
+
 def _figures(run_dir: Path, eval_dir: Path, out: Path) -> list[tuple[Path, str]]:
     """(png, caption) pairs: evaluation figures, training curves, newest training figures."""
     figures: list[tuple[Path, str]] = []
     curves = eval_dir / TRAINING_CURVES
     if (run_dir / "metrics.jsonl").is_file():
         plots.training_curves(run_dir / "metrics.jsonl", curves)
-    for path in sorted(eval_dir.glob("*.png")):
+    for path in sorted(eval_dir.glob("*.png"), key=_figure_order):
         if path.name != TRAINING_CURVES and path.resolve() != out.resolve():
-            figures.append((path, f"{path.stem} (evaluation: {path.name})"))
+            figures.append((path, _caption(path.stem, f"evaluation: {path.name}")))
     if curves.is_file():
-        figures.append((curves, "training curves (from metrics.jsonl)"))
+        figures.append((curves, _caption("training-curves", "from metrics.jsonl")))
     for path in newest_per_kind(run_dir / "figures"):
         kind, step = _split_step(path)
         at = f" at step {step:,}" if step >= 0 else ""
@@ -132,11 +201,88 @@ def _figures(run_dir: Path, eval_dir: Path, out: Path) -> list[tuple[Path, str]]
     return figures
 
 
+def _leaf(metrics: dict, key: str) -> object:
+    value: object = metrics
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _headline_html(metrics: dict) -> str:
+    """The figures that say whether the model works, each beside its goal."""
+    e = html.escape
+    rows = []
+    for label, key, goal, unit in HEADLINE:
+        value = _leaf(metrics, key)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        shown = f"{format_value(value)}{unit}"
+        if goal is None:
+            rows.append(
+                f'<tr><td>{e(label)}</td><td class="value">{e(shown)}</td><td></td><td></td></tr>'
+            )
+            continue
+        met = value >= goal
+        verdict = '<td class="met">met</td>' if met else '<td class="missed">missed</td>'
+        rows.append(
+            f'<tr><td>{e(label)}</td><td class="value">{e(shown)}</td>'
+            f'<td class="value">&ge; {e(format_value(goal))}{e(unit)}</td>{verdict}</tr>'
+        )
+    notes = []
+    counterfactual = metrics.get("counterfactual")
+    if isinstance(counterfactual, dict):
+        if counterfactual.get("atomicity_reliable") is False:
+            notes.append(
+                "the factor oracle cannot read the true x' reliably: atomicity here says little"
+            )
+        if isinstance(counterfactual.get("reference"), str):
+            notes.append(counterfactual["reference"])
+    notes.append(
+        "goals: the README's for the default CPU run on shapes3d; on other data a reference point"
+    )
+    note = "".join(f'<p class="meta">{e(n)}</p>' for n in notes)
+    return (
+        "<h2>Does it work?</h2>\n<table>\n<tr><th>figure</th><th>value</th><th>goal</th>"
+        "<th></th></tr>\n" + "\n".join(rows) + f"\n</table>\n{note}"
+    )
+
+
+def _others_html(metrics: dict) -> str:
+    """Disentanglement scores and structure, one compact table."""
+    e = html.escape
+    rows = []
+    scores = metrics.get("disentanglement")
+    if isinstance(scores, dict):
+        if isinstance(scores.get("skipped"), str):
+            rows.append(("disentanglement", "skipped: " + scores["skipped"]))
+        rows += [(k, format_value(v)) for k, v in scores.items() if isinstance(v, int | float)]
+    structure = metrics.get("structure")
+    if isinstance(structure, dict):
+        if "shd" in structure:
+            rows.append(
+                ("SHD of the learned graph to the true DAG", format_value(structure["shd"]))
+            )
+        mic = structure.get("mic")
+        if isinstance(mic, dict):
+            for key in ("mic_mean", "tic_mean"):
+                if key in mic:
+                    rows.append(
+                        (
+                            f"{key.split('_')[0].upper()} (mean over concepts)",
+                            format_value(mic[key]),
+                        )
+                    )
+    if not rows:
+        return ""
+    body = "\n".join(f'<tr><td>{e(k)}</td><td class="value">{e(v)}</td></tr>' for k, v in rows)
+    return f"<h2>Disentanglement and structure</h2>\n<table>\n{body}\n</table>"
+
+
 def _page(run_name: str, metrics: dict, figures: list[tuple[Path, str]]) -> str:
     e = html.escape
     header = [
         f"{key} <b>{e(format_value(metrics[key]))}</b>"
-        for key in ("step", "latent", "split")
+        for key in ("step", "latent", "split", "pairs")
         if key in metrics and not isinstance(metrics[key], dict | list)
     ]
     rows = "\n".join(
@@ -145,7 +291,6 @@ def _page(run_name: str, metrics: dict, figures: list[tuple[Path, str]]) -> str:
         if key != "run"
     )
     body = "\n".join(_figure_html(path, caption) for path, caption in figures)
-    per_action = _per_action_html(metrics.get("counterfactual"))
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -158,43 +303,59 @@ def _page(run_name: str, metrics: dict, figures: list[tuple[Path, str]]) -> str:
 <body>
 <h1>vqcausal report: {e(run_name)}</h1>
 <p class="meta">{" &middot; ".join(header)}</p>
-<h2>Metrics</h2>
+{_headline_html(metrics)}
+{_per_action_html(metrics)}
+<h2>Figures</h2>
+<p class="meta">{len(figures)} figures, <span id="rendered-images">0</span> rendered</p>
+{body}
+{_others_html(metrics)}
+<details>
+<summary>Every metric and setting ({len(flatten_metrics(metrics))} values)</summary>
 <table>
 <tr><th>metric</th><th>value</th></tr>
 {rows}
 </table>
-{per_action}
-<h2>Figures</h2>
-<p class="meta">{len(figures)} figures, <span id="rendered-images">0</span> rendered</p>
-{body}
+</details>
 <script>{_SCRIPT}</script>
 </body>
 </html>
 """
 
 
-def _per_action_html(section: object) -> str:
-    """The counterfactual section's per-action table (atomicity and where it is lost)."""
+def _per_action_html(metrics: dict) -> str:
+    """One row per action: both heads' held-out accuracy, then the counterfactual columns
+    (atomicity and where it is lost)."""
     from vqcausal.eval.counterfactual import PER_ACTION_LEGEND, per_action_table
 
-    if not isinstance(section, dict):
-        return ""
-    header, rows = per_action_table(section)
-    if not rows:
+    heads = {
+        head: _leaf(metrics, f"retrieval.{head}.per_action") for head in ("synthesis", "classifier")
+    }
+    heads = {h: v for h, v in heads.items() if isinstance(v, dict)}
+    section = metrics.get("counterfactual")
+    header, rows = per_action_table(section) if isinstance(section, dict) else (["action"], [])
+    by_action = {row[0]: row[1:] for row in rows}
+    actions = list(next(iter(heads.values()), {})) or list(by_action)
+    if not actions:
         return ""
     e = html.escape
-    head = "".join(f"<th>{e(title)}</th>" for title in header)
-    body = "\n".join(
-        "<tr><td>"
-        + e(str(row[0]))
-        + "</td>"
-        + "".join(f'<td class="value">{e(format_value(v))}</td>' for v in row[1:])
-        + "</tr>"
-        for row in rows
-    )
-    legend = f'<p class="meta">{e(PER_ACTION_LEGEND)}</p>'
+    titles = ["action", *(f"{h} head" for h in heads), *header[1:]]
+    head = "".join(f"<th>{e(t)}</th>" for t in titles)
+    body = []
+    for action in actions:
+        cells = [heads[h].get(action) for h in heads]
+        cells += by_action.get(action, [None] * (len(header) - 1))
+        body.append(
+            f"<tr><td>{e(str(action))}</td>"
+            + "".join(f'<td class="value">{e(format_value(v))}</td>' for v in cells)
+            + "</tr>"
+        )
+    legend = f'<p class="meta">{e("head: held-out retrieval accuracy; " + PER_ACTION_LEGEND)}</p>'
     return (
-        f"<h2>Counterfactuals per action</h2>\n<table>\n<tr>{head}</tr>\n{body}\n</table>\n{legend}"
+        "<h2>Per action</h2>\n<table>\n<tr>"
+        + head
+        + "</tr>\n"
+        + "\n".join(body)
+        + f"\n</table>\n{legend}"
     )
 
 

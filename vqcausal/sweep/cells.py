@@ -196,6 +196,7 @@ def train_command(cell: Cell, cell_dir: Path, python: str) -> list[str]:
     """A new run of the cell, placed in its folder (``runs`` = the cell folder)."""
     argv = [python, "-m", "vqcausal.train.run", "--config", str(cell.config_path)]
     placement = [f"runs={json.dumps(str(cell_dir))}", f"name={json.dumps(RUN_PREFIX)}"]
+    placement.append(f"tags={json.dumps(cell.tags(cell_dir.parent.name))}")
     for override in (*cell.overrides, *placement):
         argv += ["--set", override]
     return argv

@@ -17,8 +17,9 @@ from vqcausal.commandline import (
     bounded,
     command_main,
 )
+from vqcausal.progress import duration
 from vqcausal.sweep.cells import Outcome, cell_state
-from vqcausal.sweep.engine import SweepOptions, duration, run_sweep
+from vqcausal.sweep.engine import SweepOptions, run_sweep
 from vqcausal.sweep.plan import plan
 from vqcausal.sweep.spec import SIZES, SweepError
 from vqcausal.sweep.tables import write_results

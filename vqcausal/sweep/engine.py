@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vqcausal.progress import duration, interval
 from vqcausal.sweep.cells import CELL_FILE, Outcome, SubprocessRunner, cell_env, run_cell
 from vqcausal.sweep.plan import Cell
 from vqcausal.sweep.spec import SweepError
@@ -198,14 +199,6 @@ def _stoppable() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous_int)
 
 
-def duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 def check_cells(cells: Sequence[Cell], sweep_dir: Path) -> None:
     """Refuse duplicate cells, and a folder another plan's cells started, before anything runs."""
     from vqcausal.sweep.cells import write_cell_file
@@ -252,9 +245,13 @@ def run_sweep(
             echo(f"{len(cells)} cells on {where}: {threads}{gpus} each")
             args = (str(sweep_dir), resources.threads, tuple(options.evaluate_args))
             pending = {task.remote(cell, *args): cell for cell in cells}
+            slots = max(1, int(ray.cluster_resources().get("CPU", 1) // resources.threads))
             try:
                 while pending:
-                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    wait = interval() or None
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait)
+                    if not ready:  # nothing finished for a while: say where the sweep is
+                        echo(_status(outcomes, len(cells), min(len(pending), slots), start))
                     for ref in ready:
                         cell = pending.pop(ref)
                         outcome = _result(ref, cell)
@@ -278,6 +275,18 @@ def _result(ref: Any, cell: Cell) -> Outcome:
     except ray.exceptions.RayError as err:  # its worker or node died, after Ray's retries
         lines = [line for line in str(err).splitlines() if line.strip()]
         return Outcome(cell, "failed", 0.0, f"Ray: {lines[-1] if lines else type(err).__name__}")
+
+
+def _status(outcomes: list[Outcome], total: int, running: int, start: float) -> str:
+    """``sweep: 3/36 done, 2 running, 0 failed, 41m elapsed, ETA 5h10m`` between cells."""
+    failed = sum(o.status == "failed" for o in outcomes)
+    elapsed = time.monotonic() - start
+    text = f"sweep: {len(outcomes)}/{total} done, {running} running, {failed} failed, "
+    text += f"{duration(elapsed)} elapsed"
+    worked = sum(o.status != "skipped" for o in outcomes)
+    if worked:
+        text += f", ETA {duration(elapsed / worked * (total - len(outcomes)))}"
+    return text
 
 
 def _progress(outcome: Outcome, outcomes: list[Outcome], total: int, start: float) -> str:

@@ -63,6 +63,13 @@ class Cell:
         path = Path(self.config)
         return path if path.is_absolute() else CONFIG_DIR / path
 
+    def tags(self, sweep: str) -> list[str]:
+        """Tracker labels of the cell's run, so a dashboard groups a sweep's runs."""
+        level = f"{self.level_key}={level_text(self.level)}" if self.mode != DEFAULT_MODE else ""
+        tags = [f"sweep={sweep}", f"dataset={self.dataset}", f"latent={self.latent}"]
+        tags += [f"mode={self.mode}", *([level] if level else []), f"seed={self.seed}"]
+        return tags
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["overrides"] = list(self.overrides)

@@ -43,9 +43,10 @@ from vqcausal.commandline import (
     overrides_from_args,
 )
 from vqcausal.config import Config, ConfigError, load_config, parse_override
+from vqcausal.progress import duration
 from vqcausal.sweep.cells import cell_env, interrupt, start_child
 from vqcausal.sweep.command import add_engine_args, engine_options
-from vqcausal.sweep.engine import duration, ray_session
+from vqcausal.sweep.engine import ray_session
 from vqcausal.sweep.spec import SweepError
 
 DEFAULT_METRIC = "retrieval_synthesis_balanced_accuracy"
@@ -215,6 +216,9 @@ def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
     name = f"trial-{trial}"
     sets = [*setup["overrides"], *(override(k, v) for k, v in params.items())]
     sets += [f"runs={json.dumps(str(trials))}", f"name={json.dumps(name)}"]
+    labels = [f"search={trials.parent.name}", f"trial={name}"]
+    labels += [f"{k}={json.dumps(v)}" for k, v in params.items()]
+    sets.append(f"tags={json.dumps(labels)}")
     argv = [sys.executable, "-m", "vqcausal.train.run"]
     if setup["config"]:
         argv += ["--config", setup["config"]]

@@ -76,16 +76,21 @@ def evaluate(model: CausalImageModel, data: EvalSet, with_transition: bool = Tru
 @torch.no_grad()
 def save_figures(
     model: CausalImageModel, data: EvalSet, folder: Path, step: int, with_transition: bool
-) -> None:
-    """recon / interventions / adjacency PNGs of this evaluation, named by step."""
+) -> dict[str, Path]:
+    """recon / interventions / adjacency PNGs of this evaluation, named by step; returns
+    them by figure name."""
     device = model_device(model)
     x = to_float(data.x[:8]).to(device)
     recon = model.decode_latent(model.encode(x)).cpu()
-    save_png(labelled_rows([x.cpu(), recon], ["x", "decoded"]), folder / f"recon-{step:07d}.png")
+    pngs = {"reconstructions": folder / f"recon-{step:07d}.png"}
+    save_png(labelled_rows([x.cpu(), recon], ["x", "decoded"]), pngs["reconstructions"])
     if not with_transition:
-        return
+        return pngs
     rows, labels = intervention_grid(model, data.x)
-    save_png(labelled_rows(rows, labels), folder / f"interventions-{step:07d}.png")
+    pngs["interventions"] = folder / f"interventions-{step:07d}.png"
+    save_png(labelled_rows(rows, labels), pngs["interventions"])
     graph = model.graph(model.encode(to_float(data.x[:64]).to(device)))
     if graph is not None:
-        save_png(heatmap(graph.cpu()), folder / f"adjacency-{step:07d}.png")
+        pngs["adjacency"] = folder / f"adjacency-{step:07d}.png"
+        save_png(heatmap(graph.cpu()), pngs["adjacency"])
+    return pngs

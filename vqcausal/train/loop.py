@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import save_file
 from torch import nn
 
@@ -27,6 +26,7 @@ from vqcausal.data.source import ConceptScaler, GroundTruthSource, to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
 from vqcausal.models.base import CausalImageModel
+from vqcausal.progress import Progress
 from vqcausal.runs import (
     CACHE_KEYS,
     LATENT_CACHE,
@@ -40,6 +40,7 @@ from vqcausal.schedule import lr_factor
 from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
 from vqcausal.train.checkpoint import load_train_state, save_checkpoint
 from vqcausal.train.evaluation import EvalSet, evaluate, save_figures
+from vqcausal.train.trackers import flatten, log_images, log_summary
 
 
 class TrainingError(VQCausalError):
@@ -57,17 +58,20 @@ def encode_transitions(
     t: Transitions,
     batch: int = 256,
     workers: int = 0,
+    show: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents of x and x' for factor-level transitions, rendered (in ``workers`` processes)
-    and encoded in chunks."""
+    and encoded in chunks, with progress (``show``)."""
     latents, latents_next = [], []
     device = next(model.parameters()).device
     chunks = loader(PairChunks(sampler, t, batch), workers, pin_memory=device.type == "cuda")
-    for x, x_next in chunks:
-        both = to_float(torch.cat([x, x_next]).to(device, non_blocking=True))
-        z = model.encode(both).cpu()
-        latents.append(z[: len(x)])
-        latents_next.append(z[len(x) :])
+    with Progress("encoding stage-2 pairs", len(t), transient=True, disable=not show) as bar:
+        for x, x_next in chunks:
+            both = to_float(torch.cat([x, x_next]).to(device, non_blocking=True))
+            z = model.encode(both).cpu()
+            latents.append(z[: len(x)])
+            latents_next.append(z[len(x) :])
+            bar.advance(len(x))
     return torch.cat(latents), torch.cat(latents_next)
 
 
@@ -161,9 +165,13 @@ class Trainer:
         write_text_atomic(self.metrics_path, "".join(f"{line}\n" for line in kept))
 
     def log(self, record: dict) -> None:
+        """One ``metrics.jsonl`` record, and the same scalars to the trackers at its step."""
         if self.accelerator.is_main_process:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.accelerator.trackers:
+            scalars = flatten({k: v for k, v in record.items() if k != "step"})
+            self.accelerator.log(scalars, step=record["step"])
 
     def meta(self, finished: bool) -> dict:
         return {
@@ -323,7 +331,11 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         latents, latents_next = encode_transitions(
-            self.model, self.sampler, t, workers=self.workers
+            self.model,
+            self.sampler,
+            t,
+            workers=self.workers,
+            show=self.accelerator.is_main_process,
         )
         self.model.train(was_training)
         cache = dict(zip(CACHE_KEYS, (latents, t.actions, latents_next), strict=True))
@@ -366,16 +378,8 @@ class Trainer:
         start_time = log_time = time.perf_counter()
         start_step = self.step
         self.data_wait = 0.0
-        columns = (
-            TextColumn(f"stage {stage}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(),
-        )
         disable = not self.accelerator.is_main_process
-        with Progress(*columns, disable=disable, transient=False) as progress:
-            task = progress.add_task("train", total=end, completed=self.step, loss=float("nan"))
+        with Progress(f"stage {stage}", end, completed=self.step, disable=disable) as progress:
             try:
                 while self.step < end:
                     factor = lr_factor(
@@ -386,7 +390,7 @@ class Trainer:
                     terms = step_fn()
                     self.step += 1
                     self.last_loss = terms["total"]
-                    progress.update(task, advance=1, loss=terms["total"])
+                    progress.advance(loss=terms["total"])
                     if self.step % self.train.log_every == 0 or self.step == end:
                         now = time.perf_counter()
                         rate = (self.step - start_step) / (now - start_time)
@@ -413,7 +417,10 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         metrics = evaluate(self.model, self.eval_set, with_transition=stage == 2)
-        save_figures(self.model, self.eval_set, self.run_dir / "figures", self.step, stage == 2)
+        pngs = save_figures(
+            self.model, self.eval_set, self.run_dir / "figures", self.step, stage == 2
+        )
+        log_images(self.accelerator, pngs, self.step)
         if was_training:
             self.train_mode(stage)
         self.log({"stage": stage, "step": self.step, "eval": metrics})
@@ -428,6 +435,7 @@ class Trainer:
             metrics = self.evaluate_now(stage)
         summary = {"step": self.step, "finished": self.step >= self.total_steps, **metrics}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        log_summary(self.accelerator, metrics, self.step)
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         if not math.isnan(self.last_loss):
             shown["last_loss"] = round(self.last_loss, 4)

@@ -128,7 +128,14 @@ def _build(args: argparse.Namespace):
     if resume is not None:
         load_weights(model, resume.path)
 
-    accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
+    from vqcausal.train.trackers import resolve_trackers
+
+    trackers = resolve_trackers(config.train.log_with)  # before any folder: a bad name writes none
+    accelerator = Accelerator(
+        mixed_precision=config.train.mixed_precision,
+        log_with=trackers or None,
+        project_dir=config.runs,  # the run folder once it exists (trackers.start)
+    )
     if resume is not None:
         run_dir = Path(args.resume)  # latest_checkpoint checked that the checkpoint is inside
     elif accelerator.is_main_process:
@@ -140,6 +147,9 @@ def _build(args: argparse.Namespace):
         from accelerate.utils import broadcast_object_list
 
         run_dir = broadcast_object_list([run_dir])[0]
+    from vqcausal.train import trackers as tracking
+
+    tracking.start(accelerator, trackers, run_dir, to_dict(config), config.tags)
     return config, source, model, run_dir, accelerator, resume
 
 
@@ -178,16 +188,45 @@ def disk_full_is_resumable(run_dir: Path) -> Iterator[None]:
         ) from None
 
 
+@contextlib.contextmanager
+def background_writes_are_one_line() -> Iterator[None]:
+    """A tracker's writer thread that fails to write (a full disk, a lost mount) says so in
+    one line instead of a thread traceback; training itself meets the same error and stops
+    with the way back."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError):
+            thread = args.thread.name if args.thread else "a thread"
+            print(f"warning: {thread} could not write: {args.exc_value}", file=sys.stderr)
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 def _train(args: argparse.Namespace) -> None:
     from vqcausal.train.loop import Trainer
 
     config, source, model, run_dir, accelerator, resume = _build(args)
     lock = run_lock(run_dir) if accelerator.is_main_process else contextlib.nullcontext()
-    with lock, sigterm_as_interrupt(), disk_full_is_resumable(run_dir):
+    with (
+        lock,
+        sigterm_as_interrupt(),
+        disk_full_is_resumable(run_dir),
+        background_writes_are_one_line(),
+    ):
         if accelerator.is_main_process:
             print(f"run folder: {run_dir}")
         trainer = Trainer(config, source, model, run_dir, accelerator, resume)
-        trainer.run(STAGES[args.stage])
+        try:
+            trainer.run(STAGES[args.stage])
+        finally:
+            accelerator.end_training()  # trackers flush and close, also on Ctrl-C
     if accelerator.is_main_process:
         state = "finished" if trainer.step >= trainer.total_steps else "stopped"
         print(f"{state} at step {trainer.step}; run folder: {run_dir}")
