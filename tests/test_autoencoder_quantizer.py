@@ -193,3 +193,56 @@ def test_tiny_vqvae_learns_toy_images() -> None:
     q.eval()
     with torch.no_grad():
         assert code_usage(q(enc(x)).indices, 16)["usage"] > 0.25
+
+
+@pytest.mark.parametrize("codebooks, cosine", [(1, True), (2, True), (4, False)])
+def test_the_inference_lookup_equals_the_library(codebooks: int, cosine: bool) -> None:
+    """The lookup-only quantizer (no vector-quantize-pytorch import) gives the library's
+    eval-mode codes and features, on a codebook that EMA training has moved."""
+    torch.manual_seed(0)
+    config = QuantizerConfig(codebook_size=16, codebooks=codebooks, use_cosine_sim=cosine)
+    trained = Quantizer(32, config).train()
+    for _ in range(5):  # EMA updates move the codes away from their initialisation
+        trained(torch.randn(8, 32, 4, 4))
+    trained.eval()
+    lookup = Quantizer(32, config, lookup_only=True).eval()
+    state = trained.state_dict()
+    missing, unexpected = lookup.load_state_dict(state, strict=False)
+    assert not missing and sorted(unexpected) == sorted(
+        f"vq.{name}" for name in lookup.vq.TRAINING_STATE
+    )
+    z = torch.randn(6, 32, 4, 4)
+    want, got = trained(z), lookup(z)
+    assert torch.equal(got.indices, want.indices) and got.indices.shape == (6, 4, 4, codebooks)
+    assert torch.allclose(got.quantized, want.quantized, atol=1e-6)
+    assert torch.equal(
+        lookup.indices_to_features(want.indices), trained.indices_to_features(want.indices)
+    )
+    with pytest.raises(RuntimeError, match="cannot train"):
+        lookup.train()(z)
+
+
+def test_commands_that_only_run_a_model_do_not_import_the_training_library(tmp_path) -> None:
+    """``retrieve`` / ``intervene`` start without vector-quantize-pytorch (and the einx /
+    torch._dynamo imports it pulls in), and load every tensor they use."""
+    import subprocess
+    import sys
+
+    from conftest import TOY_TINY
+
+    from vqcausal.train.run import main as train
+
+    argv = ["--config", "configs/smoke.toml", "--set", f'runs="{tmp_path}"']
+    for s in [*TOY_TINY, "train.stage1_steps=4", "train.stage2_steps=2", 'train.log_with="none"']:
+        argv += ["--set", s]
+    assert train(argv) == 0
+    (run,) = list(tmp_path.iterdir())
+    code = (
+        "import sys, torch; from vqcausal.inference import open_run; "
+        f"model, _ = open_run({str(run)!r}); x = torch.rand(2, *model.args.image_shape); "
+        "model.retrieve(x, x); print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('vector_quantize_pytorch', 'einx')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -36,3 +36,20 @@ def test_bench_quick_writes_every_row(tmp_path):
     assert rows["retrieve_images", "official"]["status"].startswith(("ok", "MISSED"))
     assert rows["retrieve_images", "default"]["status"] == ""
     assert "retrieve_codes_compiled" in result.stdout  # the table was printed
+
+
+def test_bench_cli_quick_times_every_command(tmp_path):
+    out = tmp_path / "cli.json"
+    command = [sys.executable, "tools/bench_cli.py", "--quick", "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = {r["command"]: r for r in json.loads(out.read_text())["results"]}
+    assert list(rows) == [
+        "import torch",
+        "retrieve (one pair)",
+        "intervene (one image)",
+        "retrieve (8 pairs)",
+    ]
+    assert all(len(r["runs"]) == 2 and r["median_s"] > 0 for r in rows.values())
+    assert rows["retrieve (one pair)"]["status"] in ("ok", "MISSED")
+    assert "per_pair_ms" in rows["retrieve (8 pairs)"]

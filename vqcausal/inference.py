@@ -16,7 +16,7 @@ from vqcausal.runs import load_model_from_run, newest_finished_run
 def open_run(run: str | None, runs_root: str = "runs") -> tuple[CausalImageModel, Path]:
     """The model of ``run``, or of the newest finished run under ``runs_root``."""
     run_dir = Path(run) if run else newest_finished_run(runs_root)
-    model, _ = load_model_from_run(run_dir)
+    model, _ = load_model_from_run(run_dir, inference=True)
     return model, run_dir
 
 

@@ -201,6 +201,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         # torch heads its list with "Error(s) in loading state_dict for X:"; say the first one
         detail = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
         raise CheckpointError(f"{file}: cannot load weights ({detail})") from None
+    skip = getattr(model, "unused_checkpoint_tensors", set)()
+    unexpected = [k for k in unexpected if k not in skip]
     if missing or unexpected:
         raise CheckpointError(
             f"{file}: weights do not match the model "
@@ -208,11 +210,14 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         )
 
 
-def load_model_from_run(run_dir: str | Path) -> tuple[CausalImageModel, Checkpoint]:
-    """Rebuild the model of a run from its newest checkpoint alone (no config file needed)."""
+def load_model_from_run(
+    run_dir: str | Path, inference: bool = False
+) -> tuple[CausalImageModel, Checkpoint]:
+    """Rebuild the model of a run from its newest checkpoint alone (no config file needed);
+    ``inference``: eval-only, quicker to start (see ``build_model``)."""
     ckpt = latest_checkpoint(run_dir)
     try:
-        model = build_model(model_args_from_meta(ckpt.meta))
+        model = build_model(model_args_from_meta(ckpt.meta), inference=inference)
     except ValueError as err:
         raise CheckpointError(f"{ckpt.path}: cannot build its model ({err})") from None
     load_weights(model, ckpt.path)

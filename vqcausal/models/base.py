@@ -118,6 +118,11 @@ class CausalImageModel(nn.Module, ABC):
     def stage1_modules(self) -> list[nn.Module]:
         """Modules trained in stage 1 and frozen (eval mode, no grad) in stage 2."""
 
+    def unused_checkpoint_tensors(self) -> set[str]:
+        """Checkpoint tensors this model does not hold and need not (training state that an
+        inference-only build leaves out); loading skips exactly these."""
+        return set()
+
     def separately_clipped(self) -> list[list[nn.Parameter]]:
         """Parameter sets whose gradients ``train.grad_clip`` clips each by its own norm.
 
@@ -197,12 +202,13 @@ class CausalImageModel(nn.Module, ABC):
         return probs.float()
 
 
-def build_model(args: ModelArgs) -> CausalImageModel:
-    """The model a config's ``model.latent`` names."""
+def build_model(args: ModelArgs, inference: bool = False) -> CausalImageModel:
+    """The model a config's ``model.latent`` names; ``inference``: built to load a checkpoint
+    and run in eval mode only (no training libraries imported, quicker to start)."""
     if args.model.latent == "vq":
         from vqcausal.models.ctvae import CausalVQVAE
 
-        return CausalVQVAE(args)
+        return CausalVQVAE(args, inference=inference)
     if args.model.latent in LATENTS:
         from vqcausal.models.vae import ContinuousVAE
 

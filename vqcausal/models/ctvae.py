@@ -15,7 +15,7 @@ from torch import nn
 
 from vqcausal.models.autoencoder import Decoder, Encoder
 from vqcausal.models.base import CausalImageModel, ModelArgs
-from vqcausal.models.quantizer import Quantizer, QuantizerOutput, code_usage
+from vqcausal.models.quantizer import CodebookLookup, Quantizer, QuantizerOutput, code_usage
 from vqcausal.models.retrieval import ActionClassifier
 from vqcausal.models.transition import CausalTransition
 
@@ -78,12 +78,12 @@ class TransitionObjective(nn.Module):
 class CausalVQVAE(CausalImageModel):
     """Encoder -> quantizer -> decoder, plus the causal transition and a retrieval head."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, inference: bool = False) -> None:
         super().__init__(args)
         cfg = args.model
         channels = args.image_shape[0]
         self.encoder = Encoder(channels, cfg.autoencoder)
-        self.quantizer = Quantizer(cfg.autoencoder.embed_dim, cfg.quantizer)
+        self.quantizer = Quantizer(cfg.autoencoder.embed_dim, cfg.quantizer, lookup_only=inference)
         self.decoder = Decoder(channels, cfg.autoencoder)
         codebooks = cfg.quantizer.codebooks
         size = cfg.quantizer.codebook_size
@@ -112,6 +112,11 @@ class CausalVQVAE(CausalImageModel):
         return rearrange(codes, "b (h w c) -> b h w c", h=h, w=w)
 
     @torch.no_grad()
+    def unused_checkpoint_tensors(self) -> set[str]:
+        if not self.quantizer.lookup_only:
+            return set()
+        return {f"quantizer.vq.{name}" for name in CodebookLookup.TRAINING_STATE}
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> code variables (B, N) long."""
         return self.flatten_indices(self.quantize(x).indices)

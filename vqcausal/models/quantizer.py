@@ -16,6 +16,12 @@ installed source and checked in tests:
 
 Library defaults we keep: the rotation trick (on because dim > 1) for gradients through
 the quantizer, EMA codebook updates, argmax (non-stochastic) code choice.
+
+Inference (``lookup_only``) does not import the library: importing it pulls in ``einx``, which
+registers its ops with ``torch.compiler`` and so imports ``torch._dynamo`` (over a second of a
+command's start-up). What a trained codebook does in eval mode is a nearest-code lookup over
+its ``embed`` tensor, which :class:`CodebookLookup` does with the checkpoint's own tensor under
+the library's state-dict name; a test checks that codes and features equal the library's.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from vector_quantize_pytorch import VectorQuantize
 
 
 @dataclass
@@ -55,10 +61,54 @@ def _no_autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device_type, enabled=False)
 
 
-class Quantizer(nn.Module):
-    """Features (B, D, h, w) -> nearest codes, one codebook per disjoint channel group."""
+class _Codebook(nn.Module):
+    def __init__(self, codebooks: int, size: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("embed", torch.zeros(codebooks, size, dim))
 
-    def __init__(self, dim: int, config: QuantizerConfig) -> None:
+
+class CodebookLookup(nn.Module):
+    """Eval-mode ``VectorQuantize`` (separate codebook per head, image feature maps) without
+    the library: nearest code by cosine similarity of the l2-normalised input (or by
+    Euclidean distance), and the code itself. Holds ``_codebook.embed`` as the library names
+    it; the library's training state (EMA sums, usage counts) is not needed."""
+
+    #: the library's buffers that only its training updates use
+    TRAINING_STATE = ("_codebook.cluster_size", "_codebook.embed_avg", "_codebook.initted")
+
+    def __init__(self, codebooks: int, size: int, dim: int, cosine: bool) -> None:
+        super().__init__()
+        self.codebooks, self.cosine = codebooks, cosine
+        self._codebook = _Codebook(codebooks, size, dim // codebooks)
+
+    def nearest(self, x: Tensor) -> Tensor:
+        """Code indices (heads, N) of features (heads, N, d)."""
+        embed = self._codebook.embed
+        if self.cosine:
+            return torch.einsum("hnd,hcd->hnc", F.normalize(x, dim=-1), embed).argmax(-1)
+        return torch.cdist(x, embed).argmin(-1)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, _, h, w = z.shape
+        x = rearrange(z, "b (k d) y x -> k (b y x) d", k=self.codebooks)
+        indices = self.nearest(x)
+        codes = rearrange(indices, "k (b y x) -> b y x k", b=b, y=h, x=w)
+        return self.get_output_from_indices(codes), codes, z.new_zeros(())
+
+    def get_output_from_indices(self, indices: Tensor) -> Tensor:
+        """(B, h, w, heads) indices -> (B, D, h, w) codes."""
+        embed = self._codebook.embed
+        picked = [embed[k][indices[..., k]] for k in range(self.codebooks)]
+        return rearrange(torch.stack(picked), "k b y x d -> b (k d) y x")
+
+
+class Quantizer(nn.Module):
+    """Features (B, D, h, w) -> nearest codes, one codebook per disjoint channel group.
+
+    ``lookup_only``: eval-mode lookup without vector-quantize-pytorch (see the module doc),
+    for inference; such a quantizer cannot train."""
+
+    def __init__(self, dim: int, config: QuantizerConfig, lookup_only: bool = False) -> None:
         super().__init__()
         if config.codebooks < 1:
             raise ValueError(f"codebooks must be >= 1, got {config.codebooks}")
@@ -84,6 +134,14 @@ class Quantizer(nn.Module):
         self.config = config
         self.codebooks = config.codebooks
         self.codebook_size = config.codebook_size
+        self.lookup_only = lookup_only
+        if lookup_only:
+            self.vq = CodebookLookup(
+                config.codebooks, config.codebook_size, dim, config.use_cosine_sim
+            )
+            return
+        from vector_quantize_pytorch import VectorQuantize
+
         self.vq = VectorQuantize(
             dim=dim,
             codebook_size=config.codebook_size,
@@ -102,6 +160,8 @@ class Quantizer(nn.Module):
     def forward(self, z: Tensor) -> QuantizerOutput:
         if z.ndim != 4 or z.shape[1] != self.dim:
             raise ValueError(f"expected features (B, {self.dim}, h, w), got {tuple(z.shape)}")
+        if self.lookup_only and self.training:
+            raise RuntimeError("a lookup-only quantizer (built for inference) cannot train")
         with _no_autocast(z.device):
             quantized, indices, loss = self.vq(z.float())
         if indices.ndim == 3:  # the library drops the codebook axis when heads == 1
