@@ -13,6 +13,7 @@ BENCHES = {
     "data_pairs",
     "stage1_train",
     "stage2_train",
+    "stage2_train_e2e",
     "retrieve_codes",
     "retrieve_codes_compiled",
     "retrieve_images",
@@ -35,6 +36,8 @@ def test_bench_quick_writes_every_row(tmp_path):
     assert rows["stage2_train", "official"]["target"] == 15
     assert rows["retrieve_images", "official"]["status"].startswith(("ok", "MISSED"))
     assert rows["retrieve_images", "default"]["status"] == ""
+    # the official setting is the official model's autoencoder, parameter for parameter
+    assert rows["stage1_train", "official"]["parameters"].startswith("enc 5.22M dec 4.89M")
     assert "retrieve_codes_compiled" in result.stdout  # the table was printed
 
 

@@ -95,6 +95,7 @@ def main() -> None:
     )
     table = rates_table(rows, title)
     table.caption = (
+        f"{table.caption}\n"
         f"targets: DESIGN.md section 5 (official setting, CPU; peak <= {PEAK_MB_TARGET:,.0f} "
         f"MiB), data_images: issue 2. Load average at start {load_start[0]:.2f}, "
         f"at end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
