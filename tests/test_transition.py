@@ -309,3 +309,13 @@ def test_back_translated_pairs_invert_the_drawn_action() -> None:
     assert len(cf) <= 64
     model.eval()
     assert torch.equal(cf, model.predict(targets, drawn))
+
+
+def test_a_model_that_cannot_tell_actions_apart_has_training_accuracy_zero() -> None:
+    """Equal scores for every action are a tie, not a hit for the true (first) column."""
+    torch.manual_seed(0)
+    model = CausalTransition(N, K, C, A, TransitionModelConfig(hidden=16)).eval()
+    for p in model.parameters():
+        p.data.zero_()  # every action predicts the same codes: all scores equal
+    codes, actions = random_codes(), torch.randint(0, A, (B,))
+    assert model.losses(codes, actions, random_codes())["retrieval_accuracy"].item() == 0.0

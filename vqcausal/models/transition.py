@@ -357,7 +357,10 @@ class CausalTransition(nn.Module):
             + cfg.w_acyclic * acyclic
         )
         with torch.no_grad():
-            accuracy = (scores.argmax(-1) == first).float().mean()
+            # right only when the true action scores above every other: argmax would count a
+            # tie (a model that tells actions apart not at all) for the first, true, column
+            others = scores[:, 1:].amax(-1) if scores.shape[1] > 1 else scores[:, 0] - 1
+            accuracy = (scores[:, 0] > others).float().mean()
         return {
             "code": code,
             "identity": identity,
