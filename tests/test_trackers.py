@@ -115,3 +115,26 @@ def test_records_flatten_into_tracker_tags():
         "train.log_with": '["tensorboard"]',
         "data.path": "null",
     }
+
+
+def test_a_tracker_that_refuses_figures_is_one_warning(tmp_path, capsys):
+    """Figures are extras: a tracker failing on them warns once and training goes on."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from vqcausal.train.trackers import log_images
+
+    class Refusing:
+        name = "refusing"
+
+        def log_images(self, values, step=None):
+            raise ValueError("images must be (caption, image) pairs\nsecond line")
+
+    png = tmp_path / "recon.png"
+    Image.new("RGB", (8, 4)).save(png)
+    log_images(SimpleNamespace(trackers=[Refusing()]), {"reconstructions": png}, step=3)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "warning: refusing did not take the figures: images must be (caption, image) pairs"
+    ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -144,13 +145,17 @@ def log_images(accelerator, pngs: dict[str, Path], step: int) -> None:
         with Image.open(path) as image:
             arrays[name] = np.asarray(image.convert("RGB"))[None]
     for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.log_images(arrays, step=step, dataformats="NHWC")
-        elif hasattr(tracker, "log_images"):
-            tracker.log_images({k: list(v) for k, v in arrays.items()}, step=step)
-        elif hasattr(tracker, "log_artifact"):  # MLflow
-            for path in pngs.values():
-                tracker.log_artifact(str(path), artifact_path="figures")
+        try:
+            if tracker.name == "tensorboard":
+                tracker.log_images(arrays, step=step, dataformats="NHWC")
+            elif hasattr(tracker, "log_images"):
+                tracker.log_images({k: list(v) for k, v in arrays.items()}, step=step)
+            elif hasattr(tracker, "log_artifact"):  # MLflow
+                for path in pngs.values():
+                    tracker.log_artifact(str(path), artifact_path="figures")
+        except Exception as err:  # figures are extras: a tracker's failure must not stop training
+            line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"warning: {tracker.name} did not take the figures: {line}", file=sys.stderr)
 
 
 def log_summary(accelerator, metrics: dict, step: int) -> None:
