@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vqcausal.config import DataConfig
 from vqcausal.data.source import GroundTruthSource
 from vqcausal.errors import DataError
+
+if TYPE_CHECKING:  # the config layer sits above data: a type, never a runtime import
+    from vqcausal.config import DataConfig
 
 DATASETS = {
     "shapes3d": "2.5-D scene: floor/wall/object hue, scale, shape, orientation (3dshapes.h5)",
