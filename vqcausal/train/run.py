@@ -198,7 +198,10 @@ def background_writes_are_one_line() -> Iterator[None]:
     def hook(args: threading.ExceptHookArgs) -> None:
         if isinstance(args.exc_value, OSError):
             thread = args.thread.name if args.thread else "a thread"
-            print(f"warning: {thread} could not write: {args.exc_value}", file=sys.stderr)
+            # one write: print() writes the text and its newline apart, and the main thread's
+            # own error line could land between them
+            sys.stderr.write(f"warning: {thread} could not write: {args.exc_value}\n")
+            sys.stderr.flush()
             return
         previous(args)
 

@@ -155,7 +155,7 @@ def log_images(accelerator, pngs: dict[str, Path], step: int) -> None:
                     tracker.log_artifact(str(path), artifact_path="figures")
         except Exception as err:  # figures are extras: a tracker's failure must not stop training
             line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            print(f"warning: {tracker.name} did not take the figures: {line}", file=sys.stderr)
+            sys.stderr.write(f"warning: {tracker.name} did not take the figures: {line}\n")
 
 
 def log_summary(accelerator, metrics: dict, step: int) -> None:
