@@ -212,11 +212,30 @@ def background_writes_are_one_line() -> Iterator[None]:
         threading.excepthook = previous
 
 
+def _resume_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """A resume holds the run's lock *before* it reads the newest checkpoint: a second writer
+    still training there rotates checkpoints away under the reader (main process only; the
+    others read what the main one holds)."""
+    from accelerate import PartialState
+
+    if not args.resume or not PartialState().is_main_process:
+        return contextlib.nullcontext()
+    latest_checkpoint(args.resume)  # a folder that is no run is one line, before any lock file
+    return run_lock(Path(args.resume))
+
+
 def _train(args: argparse.Namespace) -> None:
+
+    with _resume_lock(args):
+        _train_locked(args)
+
+
+def _train_locked(args: argparse.Namespace) -> None:
     from vqcausal.train.loop import Trainer
 
     config, source, model, run_dir, accelerator, resume = _build(args)
-    lock = run_lock(run_dir) if accelerator.is_main_process else contextlib.nullcontext()
+    new_run = accelerator.is_main_process and resume is None
+    lock = run_lock(run_dir) if new_run else contextlib.nullcontext()
     with (
         lock,
         sigterm_as_interrupt(),
