@@ -39,15 +39,19 @@ class _Groups:
         self.counts = counts
         self.starts = torch.cumsum(counts, 0) - counts
 
+    def _locate(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(group position of each key, whether that group has the key)."""
+        pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        return pos, self.keys[pos] == keys
+
     def count(self, keys: torch.Tensor) -> torch.Tensor:
         """Rows with each key (0 where none)."""
-        pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
-        return torch.where(self.keys[pos] == keys, self.counts[pos], torch.zeros_like(keys))
+        pos, found = self._locate(keys)
+        return torch.where(found, self.counts[pos], torch.zeros_like(keys))
 
     def draw(self, keys: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """A uniformly drawn row of each key, -1 where no row has it."""
-        pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
-        found = self.keys[pos] == keys
+        pos, found = self._locate(keys)
         unit = torch.rand(keys.shape, generator=generator, dtype=torch.float64)
         offset = unit * self.counts[pos]
         row = self.order[self.starts[pos] + offset.long().clamp(max=self.counts[pos] - 1)]
@@ -151,12 +155,8 @@ class UnlabelledFactors(PhotoSource):
             raise DataError("data.unlabelled: at least one factor must keep its labels")
         if not base.unique_images:
             raise DataError(f"data.unlabelled: {base.name} is already a photo collection")
-        self.name, self.image_shape, self.base, self.hidden = (
-            base.name,
-            base.image_shape,
-            base,
-            hidden,
-        )
+        self.name, self.image_shape = base.name, base.image_shape
+        self.base, self.hidden = base, hidden
         stored = base.stored_values()
         if stored is None:
             stored = base.space.unravel(torch.arange(base.space.num_values))

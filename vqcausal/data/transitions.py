@@ -163,15 +163,20 @@ class TransitionSampler:
         return {"train": self.space.num_values - test, "test": test}
 
     # ---- stored (sparse) sources ------------------------------------------------------
+    def _value_weight(self, values: torch.Tensor) -> torch.Tensor:
+        """Each factor vector's weight under ``value_imbalance`` (the product over factors)."""
+        weight = torch.ones(values.shape[0], dtype=torch.float64)
+        for k in range(self.space.num_factors):
+            weight *= self.value_weights[k][values[:, k]]
+        return weight
+
     def _prepare_stored(self) -> None:
         """Per action, the stored rows it can move onto another stored row."""
         stored = self._stored
         given = self.source.stored_split()
         self._stored_split = None if given is None else given.long()
         row_split = self.split_of(stored)
-        row_weight = torch.ones(stored.shape[0], dtype=torch.float64)
-        for k in range(self.space.num_factors):
-            row_weight *= self.value_weights[k][stored[:, k]]
+        row_weight = self._value_weight(stored)
         self._candidates: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         for a in range(self.space.num_actions):
             actions = torch.full((stored.shape[0],), a, dtype=torch.long)
@@ -191,18 +196,16 @@ class TransitionSampler:
         photos, vectors = self._photos, self._stored
         assert photos is not None and vectors is not None
         self._stored_split = None  # the split is the photos', not the vectors'
-        value_weight = torch.ones(vectors.shape[0], dtype=torch.float64)
-        for k in range(self.space.num_factors):
-            value_weight *= self.value_weights[k][vectors[:, k]]
+        value_weight = self._value_weight(vectors)
+        have = [photos.photo_counts(vectors, s) for s in range(2)]  # the same for every action
         self._candidates = {}
         for a in range(self.space.num_actions):
             actions = torch.full((vectors.shape[0],), a, dtype=torch.long)
             nxt, valid = self.space.apply(vectors, actions)
             for s in range(2):
-                have = photos.photo_counts(vectors, s)
-                keep = valid & (have > 0) & (photos.photo_counts(nxt, s) > 0)
+                keep = valid & (have[s] > 0) & (photos.photo_counts(nxt, s) > 0)
                 rows = keep.nonzero().squeeze(1)
-                self._candidates[(a, s)] = (rows, value_weight[rows] * have[rows])
+                self._candidates[(a, s)] = (rows, value_weight[rows] * have[s][rows])
 
     def _sample_stored(
         self, actions: torch.Tensor, split: int, generator: torch.Generator

@@ -277,16 +277,23 @@ def _result(ref: Any, cell: Cell) -> Outcome:
         return Outcome(cell, "failed", 0.0, f"Ray: {lines[-1] if lines else type(err).__name__}")
 
 
+def _eta(outcomes: list[Outcome], total: int, start: float) -> str | None:
+    """Time left at the mean time of the cells that ran (skipped ones took none); None before
+    any ran or after the last."""
+    worked = sum(o.status != "skipped" for o in outcomes)
+    left = total - len(outcomes)
+    if not (left and worked):
+        return None
+    return duration((time.monotonic() - start) / worked * left)
+
+
 def _status(outcomes: list[Outcome], total: int, running: int, start: float) -> str:
     """``sweep: 3/36 done, 2 running, 0 failed, 41m elapsed, ETA 5h10m`` between cells."""
     failed = sum(o.status == "failed" for o in outcomes)
-    elapsed = time.monotonic() - start
     text = f"sweep: {len(outcomes)}/{total} done, {running} running, {failed} failed, "
-    text += f"{duration(elapsed)} elapsed"
-    worked = sum(o.status != "skipped" for o in outcomes)
-    if worked:
-        text += f", ETA {duration(elapsed / worked * (total - len(outcomes)))}"
-    return text
+    text += f"{duration(time.monotonic() - start)} elapsed"
+    eta = _eta(outcomes, total, start)
+    return text + (f", ETA {eta}" if eta else "")
 
 
 def _progress(outcome: Outcome, outcomes: list[Outcome], total: int, start: float) -> str:
@@ -299,10 +306,8 @@ def _progress(outcome: Outcome, outcomes: list[Outcome], total: int, start: floa
     else:
         text = f"{head} FAILED: {outcome.message}"
     failed = sum(o.status == "failed" for o in outcomes)
-    worked = sum(o.status != "skipped" for o in outcomes)
-    left = total - len(outcomes)
     extra = [f"{failed} failed"] if failed else []
-    if left and worked:
-        elapsed = time.monotonic() - start
-        extra.append(f"ETA {duration(elapsed / worked * left)}")
+    eta = _eta(outcomes, total, start)
+    if eta:
+        extra.append(f"ETA {eta}")
     return text + (f" ({', '.join(extra)})" if extra else "")

@@ -225,7 +225,6 @@ def _resume_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
 
 
 def _train(args: argparse.Namespace) -> None:
-
     with _resume_lock(args):
         _train_locked(args)
 

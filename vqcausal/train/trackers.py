@@ -30,8 +30,12 @@ from vqcausal.config import ConfigError
 
 PROJECT = "vqcausal"  # the tracker project (W&B, MLflow experiment, TensorBoard subfolder)
 NONE, AUTO, ALL = "none", "auto", "all"
-#: the module each tracker needs, for the "not installed" message
-MODULES = {"comet_ml": "comet_ml", "tensorboard": "tensorboard"}
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def known_trackers() -> list[str]:
@@ -64,9 +68,8 @@ def resolve_trackers(log_with: str | list[str]) -> list[str]:
                 + ", ".join(known)
             )
         if name not in installed:
-            module = MODULES.get(name, name)
             raise ConfigError(
-                f"train.log_with: {name} is not installed (pip install {module}), or use none"
+                f"train.log_with: {name} is not installed (pip install {name}), or use none"
             )
     return list(dict.fromkeys(names))
 
@@ -129,8 +132,9 @@ def start(accelerator, trackers: list[str], run_dir: Path, config: dict, tags: l
     try:
         accelerator.init_trackers(PROJECT, config=params, init_kwargs=settings)
     except Exception as err:  # a tracker's own failure (a bad server address, a bad store)
-        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"train.log_with: a tracker could not start: {line}") from None
+        raise ConfigError(
+            f"train.log_with: a tracker could not start: {_first_line(err)}"
+        ) from None
 
 
 def log_images(accelerator, pngs: dict[str, Path], step: int) -> None:
@@ -154,8 +158,9 @@ def log_images(accelerator, pngs: dict[str, Path], step: int) -> None:
                 for path in pngs.values():
                     tracker.log_artifact(str(path), artifact_path="figures")
         except Exception as err:  # figures are extras: a tracker's failure must not stop training
-            line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            sys.stderr.write(f"warning: {tracker.name} did not take the figures: {line}\n")
+            sys.stderr.write(
+                f"warning: {tracker.name} did not take the figures: {_first_line(err)}\n"
+            )
 
 
 def log_summary(accelerator, metrics: dict, step: int) -> None:
