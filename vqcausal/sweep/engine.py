@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vqcausal.progress import duration, interval
+from vqcausal.progress import enabled as progress_enabled
 from vqcausal.sweep.cells import CELL_FILE, Outcome, SubprocessRunner, cell_env, run_cell
 from vqcausal.sweep.plan import Cell
 from vqcausal.sweep.spec import SweepError
@@ -248,7 +249,7 @@ def run_sweep(
             slots = max(1, int(ray.cluster_resources().get("CPU", 1) // resources.threads))
             try:
                 while pending:
-                    wait = interval() or None
+                    wait = (interval() if progress_enabled() else 0) or None  # None: no status
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait)
                     if not ready:  # nothing finished for a while: say where the sweep is
                         echo(_status(outcomes, len(cells), min(len(pending), slots), start))
