@@ -111,12 +111,12 @@ class CausalVQVAE(CausalImageModel):
         h, w = self.args.grid
         return rearrange(codes, "b (h w c) -> b h w c", h=h, w=w)
 
-    @torch.no_grad()
     def unused_checkpoint_tensors(self) -> set[str]:
         if not self.quantizer.lookup_only:
             return set()
         return {f"quantizer.vq.{name}" for name in CodebookLookup.TRAINING_STATE}
 
+    @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> code variables (B, N) long."""
         return self.flatten_indices(self.quantize(x).indices)
