@@ -16,12 +16,14 @@ that resolves elsewhere is refused.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -223,6 +225,25 @@ def load_model_from_run(
     load_weights(model, ckpt.path)
     model.eval()
     return model, ckpt
+
+
+def leaves(record: dict, prefix: str = "", sep: str = ".") -> Iterator[tuple[str, Any]]:
+    """(``dotted.key``, value) for every non-dict value of a nested record, depth first
+    (``sep`` joins the keys)."""
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from leaves(value, f"{name}{sep}", sep)
+        else:
+            yield name, value
+
+
+def finite_number(value: object) -> float | None:
+    """A finite float, or None for anything else (bools, strings, NaN, inf, None)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def metric_records(path: Path) -> Iterator[tuple[str, dict]]:

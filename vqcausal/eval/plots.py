@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from vqcausal.runs import finite_number, leaves, metric_records
 
 #: metrics.jsonl keys that are bookkeeping, not loss terms
 _NOT_LOSSES = frozenset({"stage", "step", "steps_per_s", "lr", "time", "elapsed", "epoch"})
@@ -41,20 +42,12 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _number(value: object) -> float | None:
-    """A finite float, or None for anything else (bools, strings, NaN, inf, None)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def per_action_bar(
     per_action: dict[str, float | None], path: str | Path, title: str = "per-action accuracy"
 ) -> Path:
     """Bar chart of accuracy per action; actions never seen (None) are marked "n/a"."""
     names = list(per_action)
-    values = [_number(per_action[name]) for name in names]
+    values = [finite_number(per_action[name]) for name in names]
     fig = _figure(max(4.0, 0.45 * len(names) + 1.5), 3.6)
     ax = fig.add_subplot()
     positions = np.arange(len(names))
@@ -110,24 +103,12 @@ def confusion_png(
     return _save(fig, path)
 
 
-def leaves(record: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(``dotted.key``, value) for every non-dict value of a nested dict, depth first."""
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from leaves(value, f"{name}.")
-        else:
-            yield name, value
-
-
 def _flat_numbers(record: dict) -> dict[str, float]:
-    return {k: n for k, v in leaves(record) if (n := _number(v)) is not None}
+    return {k: n for k, v in leaves(record) if (n := finite_number(v)) is not None}
 
 
 def _read_records(metrics_jsonl: Path) -> Iterable[dict]:
     """The usable records (partial writes and junk are skipped with a warning)."""
-    from vqcausal.runs import metric_records
-
     return (record for _, record in metric_records(Path(metrics_jsonl)))
 
 
@@ -162,9 +143,9 @@ def training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
                 evals.setdefault(name, []).append((step, value))
             continue
         stage = record.get("stage")
-        stage = int(stage) if _number(stage) is not None else 0
+        stage = int(stage) if finite_number(stage) is not None else 0
         for name, value in record.items():
-            if name not in _NOT_LOSSES and (number := _number(value)) is not None:
+            if name not in _NOT_LOSSES and (number := finite_number(value)) is not None:
                 stages.setdefault(stage, {}).setdefault(name, []).append((step, number))
 
     unit = {k: v for k, v in evals.items() if all(0.0 <= y <= 1.0 for _, y in v)}
@@ -214,7 +195,7 @@ def accuracy_vs(
     for name, ys in series.items():
         if len(ys) != len(x):
             raise ValueError(f"series {name!r} has {len(ys)} values for {len(x)} x values")
-        numbers = [_number(y) for y in ys]
+        numbers = [finite_number(y) for y in ys]
         values = [math.nan if v is None else v for v in numbers]
         base = name.split(" (")[0]
         style = {"linestyle": "--"} if base != name else {}
@@ -248,7 +229,9 @@ def scatter(
             raise ValueError(f"series {name!r} has {len(xs)} x values and {len(ys)} y values")
         points = [
             (fx, fy)
-            for fx, fy in ((_number(a), _number(b)) for a, b in zip(xs, ys, strict=True))
+            for fx, fy in (
+                (finite_number(a), finite_number(b)) for a, b in zip(xs, ys, strict=True)
+            )
             if fx is not None and fy is not None and (fx > 0 or not logx)
         ]
         px = [p[0] for p in points]

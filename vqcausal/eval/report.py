@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vqcausal.errors import VQCausalError
 from vqcausal.eval import plots
-from vqcausal.runs import check_run_dir, write_text_atomic
+from vqcausal.runs import check_run_dir, leaves, write_text_atomic
 
 #: lists longer than this (or nested, like confusion matrices) stay out of the table
 MAX_LIST_IN_TABLE = 8
@@ -125,7 +125,7 @@ def format_value(value: object) -> str:
 def flatten_metrics(metrics: dict) -> dict[str, str]:
     """Nested metrics as ``dotted.key -> formatted value``; long or nested lists are left out."""
     rows: dict[str, str] = {}
-    for name, value in plots.leaves(metrics):
+    for name, value in leaves(metrics):
         if not isinstance(value, list):
             rows[name] = format_value(value)
         elif len(value) <= MAX_LIST_IN_TABLE and not any(isinstance(v, list | dict) for v in value):
@@ -285,9 +285,10 @@ def _page(run_name: str, metrics: dict, figures: list[tuple[Path, str]]) -> str:
         for key in ("step", "latent", "split", "pairs")
         if key in metrics and not isinstance(metrics[key], dict | list)
     ]
+    flat = flatten_metrics(metrics)
     rows = "\n".join(
         f'<tr><td>{e(key)}</td><td class="value">{e(value)}</td></tr>'
-        for key, value in flatten_metrics(metrics).items()
+        for key, value in flat.items()
         if key != "run"
     )
     body = "\n".join(_figure_html(path, caption) for path, caption in figures)
@@ -310,7 +311,7 @@ def _page(run_name: str, metrics: dict, figures: list[tuple[Path, str]]) -> str:
 {body}
 {_others_html(metrics)}
 <details>
-<summary>Every metric and setting ({len(flatten_metrics(metrics))} values)</summary>
+<summary>Every metric and setting ({len(flat)} values)</summary>
 <table>
 <tr><th>metric</th><th>value</th></tr>
 {rows}

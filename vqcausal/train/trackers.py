@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vqcausal.config import ConfigError
+from vqcausal.runs import finite_number, leaves
 
 PROJECT = "vqcausal"  # the tracker project (W&B, MLflow experiment, TensorBoard subfolder)
 NONE, AUTO, ALL = "none", "auto", "all"
@@ -75,16 +76,13 @@ def resolve_trackers(log_with: str | list[str]) -> list[str]:
 
 
 def flatten(record: dict, prefix: str = "") -> dict[str, float]:
-    """Nested numbers -> ``{"a/b": x}``; strings, lists and non-finite numbers are left out."""
+    """Nested numbers -> ``{"a/b": x}``; booleans as 0 / 1; strings, lists and non-finite
+    numbers are left out."""
     out: dict[str, float] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}/"))
-        elif isinstance(value, bool):
-            out[name] = float(value)
-        elif isinstance(value, int | float) and value == value and abs(value) != float("inf"):
-            out[name] = value
+    for name, value in leaves(record, prefix, sep="/"):
+        number = float(value) if isinstance(value, bool) else finite_number(value)
+        if number is not None:
+            out[name] = number
     return out
 
 
