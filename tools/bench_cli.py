@@ -30,16 +30,14 @@ from vqcausal.commandline import OneLineParser, bounded
 GOAL_S = 0.6  # above `import torch`
 
 
-def timed(argv: list[str], repeats: int) -> list[float]:
-    """Wall seconds of each of ``repeats`` runs of a command (each must succeed)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
-        if done.returncode != 0:
-            raise SystemExit(f"error: {' '.join(argv[2:5])} failed: {done.stderr.strip()[-300:]}")
-    return times
+def timed(argv: list[str]) -> float:
+    """Wall seconds of one run of a command, which must succeed."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"error: {' '.join(argv[2:5])} failed: {done.stderr.strip()[-300:]}")
+    return seconds
 
 
 def make_run(folder: Path, quick: bool) -> tuple[Path, list[str], tuple[int, int, int]]:
@@ -84,11 +82,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         run, actions, shape = make_run(tmp / "runs", args.quick)
-        (a, b), many_a, many_b = (
-            write_pngs(tmp / "one", 2, shape, 0),
-            tmp / "a",
-            tmp / "b",
-        )
+        a, b = write_pngs(tmp / "one", 2, shape, 0)
+        many_a, many_b = tmp / "a", tmp / "b"
         write_pngs(many_a, pairs, shape, 1)
         write_pngs(many_b, pairs, shape, 2)
         cli = [python, "-m", "vqcausal.cli"]
@@ -118,7 +113,7 @@ def main() -> None:
         runs: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(repeats):  # interleaved: a busy spell hits every command alike
             for name, argv in commands.items():
-                runs[name] += timed(argv, 1)
+                runs[name].append(timed(argv))
     medians = {name: statistics.median(t) for name, t in runs.items()}
     base = medians["import torch"]
     rows = []
