@@ -111,6 +111,30 @@ def test_batched_scores_equal_sequential(model: CausalTransition) -> None:
     assert torch.allclose(probs.sum(-1), torch.ones(B))
 
 
+def test_chunked_cpu_scores_equal_one_pass(model: CausalTransition, monkeypatch) -> None:
+    """Without gradients the CPU scores pairs in cache-sized chunks (the action-independent
+    part still once): the same scores as one pass; with gradients (training) one pass."""
+    import vqcausal.models.transition as transition
+
+    model.eval()
+    codes, codes_next = random_codes(b=7), random_codes(b=7)
+    with torch.no_grad():
+        one_pass = model.score_actions(codes, codes_next)
+        per_pair = N * A * model.config.update_expansion * model.config.hidden
+        monkeypatch.setattr(transition, "CPU_CHUNK_FLOATS", 3 * per_pair)
+        assert model.cpu_chunk() == 3
+        calls = []
+        original = model.transition
+        counted = lambda s, a: calls.append(len(a)) or original(s, a)  # noqa: E731
+        monkeypatch.setattr(model, "transition", counted)
+        chunked = model.score_actions(codes, codes_next)
+    assert calls == [3, 3, 1]
+    assert torch.allclose(chunked, one_pass, atol=1e-5)
+    calls.clear()
+    model.score_actions(codes, codes_next).sum().backward()
+    assert calls == [7]
+
+
 class LargestTensor(TorchDispatchMode):
     """Records the largest tensor any op produces (forward and backward)."""
 
