@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -130,6 +131,25 @@ def test_quantizer_runs_in_fp32_under_autocast() -> None:
         features = q.indices_to_features(out.indices)
     assert out.quantized.dtype == torch.float32 and features.dtype == torch.float32
     assert torch.equal(out.indices, q(z.bfloat16().float()).indices)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")), reason="inductor needs a C++ compiler"
+)
+def test_quantizer_trains_inside_an_inductor_compiled_step() -> None:
+    """``train.compile = "inductor"``: the library's in-place codebook update and dead-code
+    replacement used to stop inductor's graph partitioner with an internal error; the
+    quantizer now runs outside the compiled graph and its codebook still learns."""
+    torch.manual_seed(0)
+    q = Quantizer(16, QuantizerConfig(codebook_size=32, threshold_ema_dead_code=2.0)).train()
+    compiled = torch.compile(q, backend="inductor")
+    before = q.vq._codebook.embed.clone()
+    for _ in range(3):
+        z = torch.randn(4, 16, 4, 4, requires_grad=True)
+        out = compiled(z)
+        (out.quantized.square().mean() + out.loss).backward()
+        assert z.grad is not None and torch.isfinite(z.grad).all()
+    assert not torch.equal(q.vq._codebook.embed, before)
 
 
 def test_quantizer_rejects_indivisible_dim() -> None:

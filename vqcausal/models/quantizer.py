@@ -163,13 +163,21 @@ class Quantizer(nn.Module):
         if self.lookup_only and self.training:
             raise RuntimeError("a lookup-only quantizer (built for inference) cannot train")
         with _no_autocast(z.device):
-            quantized, indices, loss = self.vq(z.float())
+            quantized, indices, loss = self._library_quantize(z.float())
         if indices.ndim == 3:  # the library drops the codebook axis when heads == 1
             indices = rearrange(indices, "b h w -> b h w 1")
         if not self.training:
             # The library returns its shared `zero` buffer here; hand back a fresh tensor.
             loss = quantized.new_zeros(())
         return QuantizerOutput(quantized=quantized, indices=indices.long(), loss=loss)
+
+    @torch.compiler.disable
+    def _library_quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The library's forward, never compiled (``train.compile``): in training it updates
+        the codebooks in place and replaces dead codes by data-dependent indexing, which
+        inductor's graph partitioner rejects ("Node view was invalid, but is output", torch
+        2.11); the encoder and decoder around it still compile."""
+        return self.vq(z)
 
     def indices_to_features(self, indices: Tensor) -> Tensor:
         """(B, h, w, codebooks) indices -> (B, D, h, w) codes; equals eval-mode ``quantized``."""
