@@ -57,8 +57,9 @@ def _act() -> nn.LeakyReLU:
 class AutoencoderConfig:
     """Encoder/decoder shape; ``len(widths)`` stride-2 stages set the grid size."""
 
-    # defaults: the CPU-sized model of configs/shapes3d.toml; CT-VAE's official setting is
-    # widths [64, 128, 256], residual_layers 2, embed_dim 128 (tools/bench_model.py)
+    # defaults: the CPU-sized model of configs/shapes3d.toml; CT-VAE's official Shapes3D model
+    # is widths [64, 128, 256], residual_layers 6, encoder_kernel 3, embed_dim 128
+    # (vqcausal.benchmarking.SETTINGS["official"])
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])
     residual_layers: int = 1
     embed_dim: int = 64  # D, channels of the feature grid handed to the quantizer
