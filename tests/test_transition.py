@@ -124,9 +124,9 @@ def test_chunked_cpu_scores_equal_one_pass(model: CausalTransition, monkeypatch)
         monkeypatch.setattr(transition, "CPU_CHUNK_FLOATS", 3 * per_pair)
         assert model.cpu_chunk() == 3
         calls = []
-        original = model.transition
+        original = model.apply_actions
         counted = lambda s, a: calls.append(len(a)) or original(s, a)  # noqa: E731
-        monkeypatch.setattr(model, "transition", counted)
+        monkeypatch.setattr(model, "apply_actions", counted)
         chunked = model.score_actions(codes, codes_next)
     assert calls == [3, 3, 1]
     assert torch.allclose(chunked, one_pass, atol=1e-5)

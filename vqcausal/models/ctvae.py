@@ -142,7 +142,7 @@ class CausalVQVAE(CausalImageModel):
     @torch.no_grad()
     def graph(self, codes: torch.Tensor) -> torch.Tensor:
         """Mean adjacency over the batch, [i, j] = weight of edge j -> i."""
-        return self.transition.encode(codes).adjacency.mean(0)
+        return self.transition.node_states(codes).adjacency.mean(0)
 
     # ---- training ----------------------------------------------------------------------
     def stage1_objective(self) -> nn.Module:

@@ -169,7 +169,7 @@ class CausalTransition(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(num_codebooks, codebook_size))
 
     # ---- the two parts ---------------------------------------------------------------
-    def encode(self, codes: Tensor) -> NodeStates:
+    def node_states(self, codes: Tensor) -> NodeStates:
         """Action-independent part: own-code and context states (B, N, H), adjacency (B, N, N)."""
         if codes.ndim != 2 or codes.shape[1] != self.num_variables:
             raise ValueError(
@@ -205,7 +205,7 @@ class CausalTransition(nn.Module):
         hard_mask = (probs > self.config.mask_threshold).to(probs.dtype)
         return hard_mask - probs.detach() + probs
 
-    def transition(
+    def apply_actions(
         self, states: NodeStates, actions: Tensor, hard: bool | None = None
     ) -> tuple[Tensor, Tensor]:
         """Action-dependent part for slots (B, S): logits (b, n, s, k) and mask probs (b, n, s)."""
@@ -255,8 +255,8 @@ class CausalTransition(nn.Module):
         random.
         """
         slots = self._slots(codes, actions)
-        states = self.encode(codes)
-        logits, probs = self.transition(states, slots, hard)
+        states = self.node_states(codes)
+        logits, probs = self.apply_actions(states, slots, hard)
         return TransitionOutput(
             logits=rearrange(logits, "b n s k -> b s n k"),
             mask=rearrange(probs, "b n s -> b s n"),
@@ -278,13 +278,13 @@ class CausalTransition(nn.Module):
         of 256 pairs scored in one pass ran at under half the rate of chunks of 8. The
         action-independent part (node states, graph) still runs once for the whole batch.
         """
-        states, slots = self.encode(codes), self._slots(codes, None)
+        states, slots = self.node_states(codes), self._slots(codes, None)
         chunk = len(codes)
         if codes.device.type == "cpu" and not torch.is_grad_enabled():
             chunk = self.cpu_chunk()
         parts = zip(*(t.split(chunk) for t in (*states, slots, codes_next)), strict=True)
         scores = [
-            _log_likelihood(self.transition(NodeStates(*s[:3]), s[3])[0], s[4]) for s in parts
+            _log_likelihood(self.apply_actions(NodeStates(*s[:3]), s[3])[0], s[4]) for s in parts
         ]
         return scores[0] if len(scores) == 1 else torch.cat(scores)
 
@@ -335,7 +335,7 @@ class CausalTransition(nn.Module):
         b = codes.shape[0]
         actions = torch.randint(0, self.num_actions, (b,), device=codes.device, generator=generator)
         # one deterministic pass over all actions gives every counterfactual and its scores
-        logits, _ = self.transition(self.encode(codes), self._slots(codes, None), hard=True)
+        logits, _ = self.apply_actions(self.node_states(codes), self._slots(codes, None), hard=True)
         rows = torch.arange(b, device=codes.device)
         counterfactual = logits[rows, :, actions].argmax(-1)  # (b, n)
         owner = _log_likelihood(logits, counterfactual).argmax(-1)
@@ -356,9 +356,9 @@ class CausalTransition(nn.Module):
         b = codes.shape[0]
         real = self.training_slots(actions)  # (b, S), the true action in column 0
         noop = torch.full((b, 1), self.noop, device=codes.device, dtype=real.dtype)
-        states = self.encode(codes)
+        states = self.node_states(codes)
         adjacency = states.adjacency
-        logits, probs = self.transition(states, torch.cat([real, noop], 1))  # (b, n, S+1, k)
+        logits, probs = self.apply_actions(states, torch.cat([real, noop], 1))  # (b, n, S+1, k)
 
         changed = (codes_next != codes).to(logits.dtype)
         per_variable = F.cross_entropy(
