@@ -389,7 +389,7 @@ def test_pendulum_graph_from_interventional_label_pairs(stride: int):
     assert strength[true].min() > 3 * strength[~true].max()
 
 
-def test_calibrate_steps_reads_the_latent_scale():
+def test_calibrate_reads_the_latent_scale():
     cfg = SCMConfig(concepts=2, concept_dim=2)
     model = SCMLatent(4, cfg, action_targets=[0, 0, 1, -1], action_steps=[1.0, -1.0, 1.0, 0.0])
     z = torch.randn(6, 4)
@@ -398,7 +398,7 @@ def test_calibrate_steps_reads_the_latent_scale():
     z_next[:3, 0:2] += torch.tensor([[0.3], [0.3], [0.5]])  # median block change 0.3
     z_next[3, 0:2] -= 0.2
     z_next[4, 2:4] += torch.tensor([0.1, 0.3])  # block mean 0.2
-    model.calibrate_steps(z, actions, z_next)
+    model.calibrate(z, actions, z_next)
     expected = torch.tensor([[0.3, 0.0], [-0.2, 0.0], [0.0, 0.2], [0.0, 0.0]])
     torch.testing.assert_close(model.action_shift, expected)
     assert "action_shift" in model.state_dict()  # travels with checkpoints

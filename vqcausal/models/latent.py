@@ -50,6 +50,28 @@ class ContinuousLatent(nn.Module, ABC):
         """Parameter sets whose gradients are clipped by their own norm, apart from the rest."""
         return []
 
+    # ---- actions: a latent with its own causal layer acts on itself; the others leave
+    # actions to the model's learned shift (``own_actions`` False)
+    own_actions: bool = False
+
+    def intervene(self, z: Tensor, actions: Tensor) -> Tensor:
+        """Latents after one action per row (only when ``own_actions``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no actions of its own")
+
+    def synthesis_scores(self, z: Tensor, z_next: Tensor) -> Tensor:
+        """(B, A) analysis-by-synthesis scores of every action (only when ``own_actions``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no actions of its own")
+
+    def calibrate(self, z: Tensor, actions: Tensor, z_next: Tensor) -> None:
+        """Once before stage 2, on the encoded training pairs: calibrations that need them."""
+
+    def after_step(self, step: int) -> None:
+        """After every stage-1 optimizer step: schedules that live in the latent."""
+
+    def graph(self) -> Tensor | None:
+        """The learned graph (weights in [0, 1], [child, parent]), if the latent has one."""
+        return None
+
 
 class ActionShift(nn.Module):
     """Intervention for latents without a causal layer: a learned shift per action."""

@@ -190,6 +190,8 @@ class SCMLatent(ContinuousLatent):
     for an observed image; it acts under do()).
     """
 
+    own_actions = True  # do() on the concepts, not the model's learned shift
+
     def __init__(
         self,
         feature_dim: int,
@@ -524,8 +526,23 @@ class SCMLatent(ContinuousLatent):
         value = self._blocks(z)[rows, concept] + step[:, None]
         return self.do(z, concept, value)
 
+    def after_step(self, step: int) -> None:
+        """CausalVAE's augmented Lagrangian: tighten the acyclicity constraint every 100 steps."""
+        if step % 100 == 99:
+            with torch.no_grad():
+                self.update_lagrangian(float(self.acyclicity()))
+
+    def graph(self) -> Tensor:
+        # CausalVAE's A[i, j] is the edge i -> j; the shared convention is [child, parent]
+        return self.adjacency().detach().abs().clamp(max=1).T
+
+    def synthesis_scores(self, z: Tensor, z_next: Tensor) -> Tensor:
+        """The concept whose exogenous noise moved most, in its action's direction."""
+        adjacency = self.pruned_adjacency()  # one edge-strength pass for both
+        return self.retrieval_scores(self.abduct(z, adjacency), self.abduct(z_next, adjacency))
+
     @torch.no_grad()
-    def calibrate_steps(self, z: Tensor, actions: Tensor, z_next: Tensor) -> None:
+    def calibrate(self, z: Tensor, actions: Tensor, z_next: Tensor) -> None:
         """Set each action's step to the median change of its concept's block mean between
         encoded pairs (B, n*k): the label-scale step is one grid step only to the extent that
         blocks follow their prior mean, and the decoder reads the latent scale."""

@@ -64,7 +64,7 @@ class ActionObjective(nn.Module):
     def __init__(self, model: ContinuousVAE) -> None:
         super().__init__()
         self.shift, self.classifier = model.shift, model.classifier
-        self.uses_shift = model.args.model.latent != "scm"
+        self.uses_shift = not model.latent.own_actions
 
     def forward(self, batch: dict) -> tuple[dict, dict[str, float]]:
         z, actions, z_next = batch["latents"], batch["actions"], batch["latents_next"]
@@ -114,41 +114,33 @@ class ContinuousVAE(CausalImageModel):
         return decode_features(self.decoder, flat, self.args.grid)
 
     def step_latent(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        if self.args.model.latent == "scm":
+        if self.latent.own_actions:
             return self.latent.intervene(latents, actions)
         return self.shift(latents, actions)
 
     def synthesis_scores(self, latents: torch.Tensor, latents_next: torch.Tensor) -> torch.Tensor:
-        """Nearest shifted latent; for ``scm`` the concept whose exogenous noise moved most."""
-        if self.args.model.latent == "scm":
-            adjacency = self.latent.pruned_adjacency()  # one edge-strength pass for both
-            eps = self.latent.abduct(latents, adjacency)
-            eps_next = self.latent.abduct(latents_next, adjacency)
-            return self.latent.retrieval_scores(eps, eps_next)
+        """Nearest shifted latent, or the latent's own scores (``scm``: the concept whose
+        exogenous noise moved most)."""
+        if self.latent.own_actions:
+            return self.latent.synthesis_scores(latents, latents_next)
         return shift_scores(self.shift, latents, latents_next)
 
     def before_stage2(self, cache: dict[str, torch.Tensor]) -> None:
-        """``scm``: action steps measured on the encoded training pairs (latent scale)."""
-        if self.args.model.latent == "scm":
-            device = self.latent.action_shift.device
-            pairs = (cache[k].to(device) for k in ("latents", "actions", "latents_next"))
-            self.latent.calibrate_steps(*pairs)
+        """The latent's calibration on the encoded training pairs (``scm``: action steps)."""
+        device = next(self.latent.parameters()).device
+        pairs = (cache[k].to(device) for k in ("latents", "actions", "latents_next"))
+        self.latent.calibrate(*pairs)
 
     def after_step(self, step: int) -> None:
-        """CausalVAE's augmented Lagrangian: tighten the acyclicity constraint every 100 steps."""
-        if self.args.model.latent == "scm" and step % 100 == 99:
-            with torch.no_grad():
-                self.latent.update_lagrangian(float(self.latent.acyclicity()))
+        """The latent's schedules (``scm``: CausalVAE's augmented Lagrangian)."""
+        self.latent.after_step(step)
 
     def separately_clipped(self) -> list[list[nn.Parameter]]:
         return self.latent.separately_clipped()
 
     @torch.no_grad()
     def graph(self, latents: torch.Tensor) -> torch.Tensor | None:
-        if self.args.model.latent != "scm":
-            return None
-        # CausalVAE's A[i, j] is the edge i -> j; the shared convention is [child, parent]
-        return self.latent.adjacency().abs().clamp(max=1).T
+        return self.latent.graph()
 
     def stage1_objective(self) -> nn.Module:
         return VAEObjective(self)
