@@ -545,7 +545,9 @@ class SCMLatent(ContinuousLatent):
     def calibrate(self, z: Tensor, actions: Tensor, z_next: Tensor) -> None:
         """Set each action's step to the median change of its concept's block mean between
         encoded pairs (B, n*k): the label-scale step is one grid step only to the extent that
-        blocks follow their prior mean, and the decoder reads the latent scale."""
+        blocks follow their prior mean, and the decoder reads the latent scale. The pairs
+        may sit on another device (the latent cache stays on the CPU)."""
+        z, actions, z_next = (t.to(self.action_shift.device) for t in (z, actions, z_next))
         change = reduce(self._blocks(z_next.float() - z.float()), "b n k -> b n", "mean")
         for a in range(self.num_actions):
             target = int(self.action_targets[a])

@@ -127,9 +127,7 @@ class ContinuousVAE(CausalImageModel):
 
     def before_stage2(self, cache: dict[str, torch.Tensor]) -> None:
         """The latent's calibration on the encoded training pairs (``scm``: action steps)."""
-        device = next(self.latent.parameters()).device
-        pairs = (cache[k].to(device) for k in ("latents", "actions", "latents_next"))
-        self.latent.calibrate(*pairs)
+        self.latent.calibrate(cache["latents"], cache["actions"], cache["latents_next"])
 
     def after_step(self, step: int) -> None:
         """The latent's schedules (``scm``: CausalVAE's augmented Lagrangian)."""
