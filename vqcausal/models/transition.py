@@ -282,10 +282,12 @@ class CausalTransition(nn.Module):
         chunk = len(codes)
         if codes.device.type == "cpu" and not torch.is_grad_enabled():
             chunk = self.cpu_chunk()
-        parts = zip(*(t.split(chunk) for t in (*states, slots, codes_next)), strict=True)
-        scores = [
-            _log_likelihood(self.apply_actions(NodeStates(*s[:3]), s[3])[0], s[4]) for s in parts
-        ]
+        scores = []
+        for *part, part_slots, part_next in zip(
+            *(t.split(chunk) for t in (*states, slots, codes_next)), strict=True
+        ):
+            logits, _ = self.apply_actions(NodeStates(*part), part_slots)
+            scores.append(_log_likelihood(logits, part_next))
         return scores[0] if len(scores) == 1 else torch.cat(scores)
 
     def cpu_chunk(self) -> int:
