@@ -100,13 +100,16 @@ class TrainConfig:
     lr: float = 2e-3
     stage2_lr: float = 1e-3
     grad_clip: float = 1.0
-    # learning rate over each stage: "constant", or "cosine": a linear warm-up over
-    # warmup_steps, then a half cosine down to lr_final times the base rate at the stage's end.
+    # learning rate over each stage (vqcausal.schedule): "constant"; "cosine": a linear warm-up
+    # over warmup_steps, then a half cosine down to lr_final times the base rate at the stage's
+    # end; "wsd": the same warm-up, the full rate, then a straight line down to lr_final over
+    # the stage's last lr_decay_fraction.
     # Constant by default: on the default shapes3d model a cosine stage 1 reconstructed worse
     # (31.2 against 32.3 dB PSNR after 6,000 steps, seed 0)
     lr_schedule: str = "constant"
     warmup_steps: int = 100
     lr_final: float = 0.05
+    lr_decay_fraction: float = 0.2
     # train pairs encoded once for stage 2. A rare action's distinct pairs scale with it: at
     # imbalance rho = 100 shapes3d's rarest action has 0.34% of them, and at 20,000 (~170 with
     # its opposite's reversed) it was memorised (held-out retrieval 0.71 and falling with more
@@ -143,6 +146,8 @@ class TrainConfig:
             raise VQCausalError(f"train.lr_schedule must be one of {', '.join(SCHEDULES)}")
         if self.warmup_steps < 0 or not 0 <= self.lr_final <= 1:
             raise VQCausalError("train.warmup_steps must be >= 0 and train.lr_final in [0, 1]")
+        if not 0 < self.lr_decay_fraction <= 1:
+            raise VQCausalError("train.lr_decay_fraction must be in (0, 1]")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise VQCausalError("train.mixed_precision must be no, bf16 or fp16")
         if self.compile != "no":

@@ -383,7 +383,13 @@ class Trainer:
             try:
                 while self.step < end:
                     factor = lr_factor(
-                        train.lr_schedule, self.step, first, end, train.warmup_steps, train.lr_final
+                        train.lr_schedule,
+                        self.step,
+                        first,
+                        end,
+                        train.warmup_steps,
+                        train.lr_final,
+                        train.lr_decay_fraction,
                     )
                     for group in optimizer.param_groups:
                         group["lr"] = base_lr * factor
