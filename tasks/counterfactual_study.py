@@ -77,6 +77,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "default": ("configs/<dataset>.toml as it is", ()),
+    "wsd": (
+        "default + each stage's learning rate held, then decayed linearly to 5% over the "
+        "stage's last fifth (train.lr_schedule = wsd)",
+        ('train.lr_schedule="wsd"',),
+    ),
 }
 
 GRID_PAIRS = 512  # held-out pairs drawn for the comparison grid (one per action is shown)
