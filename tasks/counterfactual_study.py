@@ -28,7 +28,9 @@ Runtime on a 2-core CPU: a variant at ``full`` size (the config's own steps) tra
 factor oracle, once per dataset and out folder); two runs side by side take about twice as long.
 
 Output in ``--out`` (default ``runs/counterfactual_study-<size>``): ``study.md``, ``study.json``,
-``counterfactuals.png`` and, per variant and seed, the run folder with its ``eval/``.
+``counterfactuals.png`` and, per variant and seed, a cell folder (``<variant>-<dataset>-vq-default-
+s<seed>``) with the run and its ``eval/``. Every variant's runs are cells of one sweep, so
+``--jobs 2`` trains two at once whichever variants they belong to.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -138,12 +141,13 @@ def _get(record: dict, path: tuple[str, ...]) -> float | None:
 def cells_of(args: argparse.Namespace, variant: str) -> list[Cell]:
     _, overrides = VARIANTS[variant]
     size = "smoke" if args.size == "smoke" else "full"
-    return default_cells(size, args.datasets, ["vq"], args.seeds, [*overrides, *args.overrides])
+    cells = default_cells(size, args.datasets, ["vq"], args.seeds, [*overrides, *args.overrides])
+    return [replace(cell, variant=variant) for cell in cells]
 
 
 def collect(out: Path, variant: str, cells: list[Cell]) -> list[dict]:
     results = []
-    for cell, run_dir, metrics in evaluated_metrics(out / variant, cells):
+    for cell, run_dir, metrics in evaluated_metrics(out, cells):
         metrics["train_minutes"] = training_minutes(run_dir)
         row = {title: _get(metrics, path) for title, path in COLUMNS}
         results.append(
@@ -220,12 +224,11 @@ def study(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/counterfactual_study-{args.size}")
     size = "smoke" if args.size == "smoke" else "full"
     options = engine_options(args, 1, SIZES[size].evaluate_args)
-    results, outcomes = [], []
-    for variant in args.variants:
-        cells = cells_of(args, variant)
-        print(f"{variant}: {len(cells)} runs in {out / variant}")
-        outcomes += run_sweep(cells, out / variant, options)
-        results += collect(out, variant, cells)
+    cells = {variant: cells_of(args, variant) for variant in args.variants}
+    print(", ".join(f"{v}: {len(c)} runs" for v, c in cells.items()) + f" in {out}")
+    # one sweep for every variant: --jobs runs train at once whatever variant they belong to
+    outcomes = run_sweep([cell for group in cells.values() for cell in group], out, options)
+    results = [row for variant, group in cells.items() for row in collect(out, variant, group)]
     from vqcausal.runs import write_text_atomic
 
     table = markdown(results)

@@ -30,6 +30,9 @@ def test_two_variants_give_a_table_and_a_comparison_grid(tmp_path, capsys):
     assert study.main(argv) == 0
     results = json.loads((out / "study.json").read_text())
     assert [r["variant"] for r in results] == ["before", "default"]
+    # both variants are cells of one sweep in the study folder
+    cells = sorted(p.name for p in out.iterdir() if (p / "cell.json").exists())
+    assert cells == ["before-toy-vq-default-s0", "default-toy-vq-default-s0"]
     for r in results:
         figures = r["figures"]
         for title in ("atomicity", "AE ceiling", "codes right (changed)", "synthesis balanced"):

@@ -336,6 +336,19 @@ def test_the_same_settings_in_another_order_reuse_the_folder(tmp_path, toy_cells
     assert not cell_folders.same_run(cell, changed)
 
 
+def test_a_variant_leads_the_cell_name_and_survives_its_cell_file(tmp_path, toy_cells):
+    cell = toy_cells[0]
+    variant = dataclasses.replace(cell, variant="wsd")
+    assert variant.name == f"wsd-{cell.name}" and "variant=wsd" in variant.tags("study")
+    engine.check_cells([cell, variant], tmp_path)  # two folders, one sweep
+    cell_folders.write_cell_file(variant, tmp_path / variant.name)
+    saved = json.loads((tmp_path / variant.name / "cell.json").read_text())
+    assert Cell.from_dict(saved) == variant
+    # a cell file written before variants existed reads as no variant
+    del saved["variant"]
+    assert Cell.from_dict(saved).variant == "" and Cell.from_dict(saved).name == cell.name
+
+
 def test_a_folder_of_other_settings_is_refused_before_anything_runs(tmp_path, toy_cells):
     cell = toy_cells[0]
     cell_folders.write_cell_file(cell, tmp_path / cell.name)

@@ -37,6 +37,8 @@ class Cell:
 
     ``level`` is rho for the ``actions`` / ``values`` modes and k for ``held_out``. The name
     is stable (it names the cell's folder), so a re-run finds the cell's earlier work.
+    ``variant`` names a set of overrides a study compares (a row of its table); it leads the
+    name, so every variant of every cell runs in one sweep, as many at once as the slots allow.
     """
 
     dataset: str
@@ -46,6 +48,7 @@ class Cell:
     seed: int
     config: str  # base config, a file under configs/ (or an absolute path)
     overrides: tuple[str, ...]
+    variant: str = ""
 
     @property
     def level_key(self) -> str:
@@ -53,10 +56,11 @@ class Cell:
 
     @property
     def name(self) -> str:
+        prefix = f"{self.variant}-" if self.variant else ""
         if self.mode == DEFAULT_MODE:
-            return f"{self.dataset}-{self.latent}-{DEFAULT_MODE}-s{self.seed}"
+            return f"{prefix}{self.dataset}-{self.latent}-{DEFAULT_MODE}-s{self.seed}"
         level = f"{self.level_key}{level_text(self.level)}"
-        return f"{self.dataset}-{self.latent}-{self.mode}-{level}-s{self.seed}"
+        return f"{prefix}{self.dataset}-{self.latent}-{self.mode}-{level}-s{self.seed}"
 
     @property
     def config_path(self) -> Path:
@@ -68,7 +72,7 @@ class Cell:
         level = f"{self.level_key}={level_text(self.level)}" if self.mode != DEFAULT_MODE else ""
         tags = [f"sweep={sweep}", f"dataset={self.dataset}", f"latent={self.latent}"]
         tags += [f"mode={self.mode}", *([level] if level else []), f"seed={self.seed}"]
-        return tags
+        return tags + ([f"variant={self.variant}"] if self.variant else [])
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -87,6 +91,7 @@ class Cell:
                 seed=int(data["seed"]),
                 config=str(data["config"]),
                 overrides=tuple(str(o) for o in data["overrides"]),
+                variant=str(data.get("variant", "")),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise SweepError(f"damaged cell description ({err})") from None
