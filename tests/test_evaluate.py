@@ -20,7 +20,8 @@ from vqcausal.cli import main as cli
 from vqcausal.config import DataConfig
 from vqcausal.data.registry import load_source
 from vqcausal.data.transitions import TransitionConfig, TransitionSampler
-from vqcausal.eval.evaluate import align_latents, json_safe
+from vqcausal.eval.alignment import align_latents
+from vqcausal.eval.evaluate import json_safe
 from vqcausal.eval.oracle import OracleSettings, atomicity_report, load_or_train_oracle
 from vqcausal.runs import config_from_meta, latest_checkpoint
 from vqcausal.train.evaluation import EvalSet

@@ -300,7 +300,8 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from vqcausal.eval.evaluate import evaluate_run, print_summary
+    from vqcausal.eval.evaluate import evaluate_run
+    from vqcausal.eval.summary import print_summary
 
     result = evaluate_run(
         args.run_dir,

@@ -22,7 +22,7 @@ into the run folder. Every section works for every latent module (vq, gaussian, 
   (scm on the pendulum), SHD and edge counts of the thresholded graph. MIC/TIC per concept
   against ``source.concepts(values)`` for every latent: scm blocks ``i`` vs concept ``i``;
   other latents by post-hoc alignment, each concept against the latent dim that matches it
-  best by MIC (see :func:`align_latents`).
+  best by MIC (see :func:`vqcausal.eval.alignment.align_latents`).
 
 On factor grids small enough to hold in memory (the toy scene, the pendulum), every grid
 point is rendered and encoded at most once, however often the metrics ask for it.
@@ -45,6 +45,7 @@ from vqcausal.config import Config
 from vqcausal.data.source import GroundTruthSource, to_float
 from vqcausal.data.transitions import SPLITS, Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
+from vqcausal.eval.alignment import MIC_CANDIDATES, align_latents
 from vqcausal.eval.pairs import CHUNK, PairLatents, chunks, encode_images, model_device
 from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel
 from vqcausal.runs import Checkpoint
@@ -53,7 +54,6 @@ DEFAULT_PAIRS = 1024
 FAST_PAIRS = 128
 MIC_POINTS = 1000
 FAST_MIC_POINTS = 300
-MIC_CANDIDATES = 8  # latent dims per concept pre-selected by correlation ratio for alignment
 EDGE_THRESHOLD = 0.3  # graph weights above this count as edges (unless the latent has its own)
 TOP_K = (1, 3)
 PAIR_SEED_OFFSET = 104729  # the same offset as the in-training EvalSet
@@ -270,83 +270,6 @@ def disentanglement_section(
 
 
 # ---- structure: graph and MIC ----------------------------------------------------------------
-def _groups(column: np.ndarray, discrete: bool, bins: int = 20) -> np.ndarray:
-    """Group labels of one latent dim: its codes, or equal-frequency bins of its values."""
-    if discrete:
-        return np.unique(column, return_inverse=True)[1].reshape(-1)
-    ranks = np.argsort(np.argsort(column, kind="stable"), kind="stable")
-    return (ranks * bins) // max(len(column), 1)
-
-
-def correlation_ratio(latents: np.ndarray, label: np.ndarray, discrete: bool) -> np.ndarray:
-    """eta^2 per latent dim: the fraction of the label's variance explained by the dim's groups."""
-    centred = label - label.mean()
-    total = float((centred**2).sum())
-    scores = np.zeros(latents.shape[1])
-    if total <= 0:
-        return scores
-    for i in range(latents.shape[1]):
-        groups = _groups(latents[:, i], discrete)
-        counts = np.bincount(groups)
-        sums = np.bincount(groups, weights=centred)
-        used = counts > 0
-        scores[i] = float((sums[used] ** 2 / counts[used]).sum()) / total
-    return scores
-
-
-class _CodeMeans:
-    """A discrete dim relabelled by the mean label of each code (unseen codes: the mean)."""
-
-    def __init__(self, codes: np.ndarray, label: np.ndarray) -> None:
-        self.default = float(label.mean())
-        keys, inverse = np.unique(codes, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        means = np.bincount(inverse, weights=label) / np.bincount(inverse)
-        self.table = dict(zip(keys.tolist(), means.tolist(), strict=True))
-
-    def __call__(self, codes: np.ndarray) -> np.ndarray:
-        return np.array([self.table.get(c, self.default) for c in codes.tolist()], dtype=float)
-
-
-def align_latents(
-    z_fit: np.ndarray,
-    labels_fit: np.ndarray,
-    z_eval: np.ndarray,
-    discrete: bool,
-    candidates: int = MIC_CANDIDATES,
-) -> tuple[np.ndarray, list[int]]:
-    """Post-hoc alignment for latents without one block per concept.
-
-    For each concept, the ``candidates`` latent dims with the highest correlation ratio are
-    scored by MIC on the *fit* sample and the best one is kept; the returned ``(N, L)`` array
-    holds that dim on the *eval* sample, so the reported MIC is not the maximum of several
-    noisy estimates on the same points (unless both samples are the same points, as when a
-    grid has fewer images than the sample size). Code indices (vq) have no order, so a code dim is
-    first relabelled by the mean concept value of each code (fitted on the fit sample; MIC is
-    invariant to monotone relabelling, so continuous dims are used as they are).
-    """
-    from vqcausal.eval.mic import mic
-
-    z_fit, z_eval = np.asarray(z_fit), np.asarray(z_eval)
-    aligned = np.zeros((z_eval.shape[0], labels_fit.shape[1]))
-    chosen = []
-    for j in range(labels_fit.shape[1]):
-        label = labels_fit[:, j].astype(float)
-        ratio = correlation_ratio(z_fit, label, discrete)
-        shortlist = np.argsort(-ratio, kind="stable")[:candidates]
-        best, best_score, best_map = int(shortlist[0]), -1.0, None
-        for i in shortlist.tolist():
-            relabel = _CodeMeans(z_fit[:, i], label) if discrete else None
-            column = relabel(z_fit[:, i]) if relabel else z_fit[:, i].astype(float)
-            score = mic(column, label) if np.ptp(column) > 0 and np.ptp(label) > 0 else 0.0
-            if score > best_score:
-                best, best_score, best_map = i, score, relabel
-        column = z_eval[:, best]
-        aligned[:, j] = best_map(column) if best_map else column.astype(float)
-        chosen.append(best)
-    return aligned, chosen
-
-
 def _learned_adjacency(model: CausalImageModel, graph: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """0/1 [parent, child] adjacency: the latent's own thresholded graph, else weights > 0.3."""
     from vqcausal.eval.structure import threshold_graph
@@ -631,94 +554,3 @@ def evaluate_run(
     """Validate, then evaluate (see the module docstring)."""
     inputs = prepare(run_dir, out, split, pairs, fast, seed)
     return run_evaluation(inputs, disentanglement)
-
-
-# ---- printing -------------------------------------------------------------------------------
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def _short(value: Any) -> str:
-    """Table cells: fractions to 3 decimals, counts in full."""
-    return f"{value:.3f}" if isinstance(value, float) else _fmt(value)
-
-
-def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
-    """(section, metric, value) rows of the headline numbers."""
-    rows: list[tuple[str, str, str]] = []
-    for method, report in metrics["retrieval"].items():
-        for key in ("accuracy", "balanced_accuracy", "worst_action_accuracy"):
-            rows.append((f"retrieval ({method})", key, _fmt(report[key])))
-        rows.append(
-            (f"retrieval ({method})", "undirected_accuracy", _fmt(report["undirected_accuracy"]))
-        )
-        for k, value in report["top_k"].items():
-            rows.append((f"retrieval ({method})", f"top-{k}", _fmt(value)))
-    for key, value in metrics["reconstruction"].items():
-        rows.append(("reconstruction", key, _fmt(value)))
-    for key, value in metrics["counterfactual"].items():
-        if not isinstance(value, dict):
-            rows.append(("counterfactual", key, _fmt(value)))
-    for group in ("codes", "codes_training"):
-        for key, value in metrics["counterfactual"].get(group, {}).items():
-            rows.append(("counterfactual", f"{group}.{key}", _fmt(value)))
-    for key, value in metrics["disentanglement"].items():
-        rows.append(("disentanglement", key, _fmt(value)))
-    structure = metrics["structure"]
-    if "shd" in structure:
-        rows.append(("structure", "shd", _fmt(structure["shd"])))
-        for key, value in structure["edges"].items():
-            rows.append(("structure", f"edges.{key}", _fmt(value)))
-    mic = structure.get("mic", {})
-    for name, m, t in zip(
-        mic.get("names", []), mic.get("mic", []), mic.get("tic", []), strict=True
-    ):
-        rows.append(("structure", f"mic / tic {name}", f"{_fmt(m)} / {_fmt(t)}"))
-    return rows
-
-
-def print_summary(result: Result) -> None:
-    from rich.console import Console
-    from rich.table import Column, Table
-
-    from vqcausal.eval.counterfactual import PER_ACTION_LEGEND, per_action_table
-
-    metrics = result.metrics
-    title = (
-        f"{metrics['run']}: {metrics['latent']} at step {metrics['step']:,}, "
-        f"{metrics['pairs']:,} {metrics['split']} pairs"
-    )
-    table = Table("section", "metric", "value", title=title)
-    for section, key, value in summary_rows(metrics):
-        table.add_row(section, key, value)
-    console = Console()
-    console.print(table)
-    cf = metrics["counterfactual"]
-    header, cells = per_action_table(cf)
-    if cells:
-        first = Column(header[0], no_wrap=True)
-        actions = Table(first, *header[1:], title="counterfactuals per action")
-        actions.caption = PER_ACTION_LEGEND
-        for row in cells:
-            actions.add_row(*(value if isinstance(value, str) else _short(value) for value in row))
-        # a log or pipe gets the table at its natural width (rich would squeeze it into 80
-        # columns and cut every number); a terminal wraps it as usual
-        if not console.is_terminal:
-            unbounded = console.options.update_width(10_000)
-            console.width = max(console.measure(actions, options=unbounded).maximum, console.width)
-        console.print(actions)
-    if not cf.get("atomicity_reliable", True):
-        console.print(
-            f"[yellow]warning:[/] the factor oracle reads only "
-            f"{cf['oracle_exact_on_targets']:.1%} of the true x' exactly, so atomicity is not "
-            "reliable"
-            + (" (--fast trains a tiny oracle: drop --fast)" if metrics["settings"]["fast"] else "")
-        )
-    took = sum(metrics["seconds"].values())
-    console.print(
-        f"wrote {result.out_dir / 'metrics.json'} and {len(result.figures)} figures in {took:.1f} s"
-    )
