@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from vqcausal.data.dsprites_file import SPRITES_FACTORS, DSpritesFile
 from vqcausal.data.factors import FactorSpace
-from vqcausal.data.files import (
-    SHAPES3D_FACTORS,
-    SHAPES3D_LABEL_GRIDS,
-    SPRITES_FACTORS,
-    DSpritesFile,
-    ImageFolderSource,
-    Shapes3DFile,
-)
+from vqcausal.data.image_folder import ImageFolderSource
+from vqcausal.data.shapes3d_file import SHAPES3D_FACTORS, SHAPES3D_LABEL_GRIDS, Shapes3DFile
 from vqcausal.errors import DataError
 
 h5py = pytest.importorskip("h5py")

@@ -45,7 +45,7 @@ def _load(config: DataConfig) -> GroundTruthSource:
             from vqcausal.data.shapes3d import Shapes3DRenderer
 
             return Shapes3DRenderer()
-        from vqcausal.data.files import Shapes3DFile
+        from vqcausal.data.shapes3d_file import Shapes3DFile
 
         return Shapes3DFile(path)
     if name == "sprites":
@@ -53,7 +53,7 @@ def _load(config: DataConfig) -> GroundTruthSource:
             from vqcausal.data.sprites import SpritesRenderer
 
             return SpritesRenderer(channels=channels or 1)
-        from vqcausal.data.files import DSpritesFile
+        from vqcausal.data.dsprites_file import DSpritesFile
 
         return DSpritesFile(path, channels=channels or 1)
     if name == "pendulum":
@@ -91,7 +91,7 @@ def _load(config: DataConfig) -> GroundTruthSource:
         return ToyRenderer()
     if path is None:
         raise DataError("dataset 'folder' needs data.path: a folder of images with factors.csv")
-    from vqcausal.data.files import ImageFolderSource
+    from vqcausal.data.image_folder import ImageFolderSource
 
     return ImageFolderSource(
         path, cyclic=config.cyclic, channels=channels or 3, image_size=config.image_size

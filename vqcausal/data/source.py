@@ -8,7 +8,9 @@ Transition sampling, previews, exports and metrics only talk to this interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from vqcausal.data.factors import FactorSpace
@@ -140,3 +142,18 @@ def resized(images: torch.Tensor, size: int | None) -> torch.Tensor:
         images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )
     return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def init_indexed_file(
+    source: IndexedSource, path: Path, space: FactorSpace, values: torch.Tensor
+) -> None:
+    """Run IndexedSource.__init__ but name the file in its errors (e.g. duplicate rows)."""
+    try:
+        IndexedSource.__init__(source, space, values)
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+
+
+def unique_rows(rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique rows and the inverse map: readers want increasing, repeat-free indices."""
+    return np.unique(rows.detach().cpu().numpy().astype(np.int64), return_inverse=True)
