@@ -27,12 +27,12 @@ Each job gets cores / jobs torch threads; on a machine that
 other work keeps busy, ``--threads 1`` is safer (a toy cell once ran 6x slower with two
 threads than with one while other processes loaded both cores).
 
-``cpu`` is the claim at the size a 2-core CPU trains (the grid of issue 14): shapes3d, ``vq``
-against ``gaussian`` and ``ladder``, ``actions`` at rho 1, 10, 100 and ``held_out`` at k = 16,
-seeds 0, 1, 2 (36 cells), the default model at half its steps (3000 + 2000), two cells side
-by side with one thread each. A ``vq`` cell takes ~25 min that way (estimated from its parts:
-stage 2 measured at 2.5-3 steps/s, ~12 min; evaluation ~2 min with its oracle trained; stage 1
-~10 min), a baseline cell about half: some 8 hours for the grid, so
+``cpu`` is the claim at the size a 2-core CPU trains (the README's Rare actions grid):
+shapes3d, ``vq`` against ``gaussian`` and ``ladder``, ``actions`` at rho 1, 10, 100 and
+``held_out`` at k = 16, seeds 0, 1, 2 (36 cells), the default model at half its steps (3000 +
+2000), two cells side by side with one thread each. A ``vq`` cell takes ~25 min that way
+(estimated from its parts: stage 2 measured at 2.5-3 steps/s, ~12 min; evaluation ~2 min with
+its oracle trained; stage 1 ~10 min), a baseline cell about half: some 8 hours for the grid, so
 run it overnight or on a GPU (``--set train.mixed_precision=bf16``), or one axis at a time
 (``--seeds 0 --rhos 1 100``).
 

@@ -32,7 +32,7 @@ def test_bench_quick_writes_every_row(tmp_path):
     for key, row in rows.items():
         assert row["rate"] > 0 and row["min"] > 0 and row["peak_mb"] > 0, key
         assert len(row["runs"]) == report["repeats"] == 2, key
-    # DESIGN.md section 5's CPU targets are checked at the official setting only
+    # the README's CPU targets are checked at the official setting only
     assert rows["stage2_train", "official"]["target"] == 15
     assert rows["retrieve_images", "official"]["status"].startswith(("ok", "MISSED"))
     assert rows["retrieve_images", "default"]["status"] == ""

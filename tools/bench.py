@@ -1,4 +1,4 @@
-"""Every benchmark in one command: one table against DESIGN.md's CPU targets, one JSON file.
+"""Every benchmark in one command: one table against the README's CPU targets, one JSON file.
 
     python tools/bench.py [--quick] [--device cpu|cuda] [--precision no|bf16] [--repeats 5]
                           [--no-scaling] [--out bench_results/bench.json]
@@ -35,9 +35,9 @@ from vqcausal.commandline import OneLineParser, bounded
 
 BENCHES = {**bench_data.BENCHES, **bench_model.BENCHES}
 TARGET_SOURCES = {
-    "data_images": "issue 2 (tools/bench_data.py): one core, batch 256",
-    **{name: "DESIGN.md section 5: official setting, CPU" for name in bench_model.TARGETS},
-    "peak_mb": "DESIGN.md section 5: official setting, CPU",
+    "data_images": "README Benchmarks (tools/bench_data.py): one core, batch 256",
+    **{name: "README Benchmarks: official setting, CPU" for name in bench_model.TARGETS},
+    "peak_mb": "README Benchmarks: official setting, CPU",
 }
 
 
@@ -96,8 +96,8 @@ def main() -> None:
     table = rates_table(rows, title)
     table.caption = (
         f"{table.caption}\n"
-        f"targets: DESIGN.md section 5 (official setting, CPU; peak <= {PEAK_MB_TARGET:,.0f} "
-        f"MiB), data_images: issue 2. Load average at start {load_start[0]:.2f}, "
+        f"targets: README Benchmarks (official setting, CPU; peak <= {PEAK_MB_TARGET:,.0f} "
+        f"MiB; data_images: one core). Load average at start {load_start[0]:.2f}, "
         f"at end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
     )
     out.print(table)

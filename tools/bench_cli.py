@@ -4,7 +4,7 @@
 
 Each command runs as a user runs it (a fresh ``python -m vqcausal.cli`` process, the newest
 checkpoint of a run folder, PNG files in and out); the figure is the median wall time of
-``--repeats`` runs, and the goal (issue 19) is within 0.6 s of ``python -c "import torch"``
+``--repeats`` runs, and the goal is within 0.6 s of ``python -c "import torch"``
 timed the same way, interleaved, on the same machine. ``retrieve DIR_A DIR_B`` on ``--pairs``
 pairs gives the batched cost per pair. The run is the default config's model
 (``configs/shapes3d.toml``) after two training steps: loading time depends on the model's

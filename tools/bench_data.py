@@ -4,7 +4,7 @@
     python tools/bench_data.py --datasets --file mpi3d=~/data/mpi3d_real.npz   # a file you have
 
 Prints a table of medians over ``--repeats`` timed runs (after one warm-up) and writes JSON.
-Goal (issue 2): >= 2,000 64x64 images/s for shapes3d and sprites on one core.
+Goal: >= 2,000 64x64 images/s for shapes3d and sprites on one core.
 ``run`` and ``worker`` are the importable API (``tools/bench.py`` uses them).
 """
 
@@ -35,7 +35,7 @@ BENCHES = {
     "data_images": ("images/s", "render source images from sampled factor values"),
     "data_pairs": ("pairs/s", "sample training transition pairs (x and x' rendered)"),
 }
-TARGETS = {"data_images": 2000}  # issue 2, one core; DESIGN.md states no data target
+TARGETS = {"data_images": 2000}  # one core (README, Benchmarks)
 
 
 def throughput(

@@ -6,7 +6,7 @@
 Each measurement runs in a fresh subprocess, so its peak memory (max RSS, whole process,
 torch included) is its own. Rates are medians of ``--repeats`` timed runs after a warm-up.
 
-Official setting (DESIGN.md section 5): the official CT-VAE Shapes3D model layer for layer
+Official setting: the official CT-VAE Shapes3D model layer for layer
 where ours allows (``vqcausal.benchmarking.SETTINGS``): 64x64 RGB, encoder widths 64-128-256
 -> 8x8 grid, 6 residual layers each side, 3x3 encoder convs, 64 codes, D = 128, 12 actions,
 batch 16; each row prints the parameters of each part. ``stage2_train`` is our real stage-2

@@ -24,11 +24,11 @@ from vqcausal.config import Config, load_config
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "shapes3d.toml"
 SETTINGS = {
-    # the official CT-VAE Shapes3D model layer for layer where ours allows (DESIGN.md section 5,
-    # reference/ctvae.md): 64x64 RGB, widths 64-128-256 -> 8x8 grid, 6 residual layers in the
-    # encoder and 6 in the decoder, 3x3 encoder convs, D = 128, 64 codes: encoder 5.22 M and
-    # decoder 4.89 M parameters against the official 5.21 M and 4.89 M (its causal layer, 3.70 M
-    # of GATv2 and discoverers, is a different design from our transition)
+    # the official CT-VAE Shapes3D model layer for layer where ours allows: 64x64 RGB, widths
+    # 64-128-256 -> 8x8 grid, 6 residual layers in the encoder and 6 in the decoder, 3x3 encoder
+    # convs, D = 128, 64 codes: encoder 5.22 M and decoder 4.89 M parameters against the
+    # official 5.21 M and 4.89 M (its causal layer, 3.70 M of GATv2 and discoverers, is a
+    # different design from our transition)
     "official": [
         "model.autoencoder.widths=[64, 128, 256]",
         "model.autoencoder.residual_layers=6",
@@ -39,7 +39,7 @@ SETTINGS = {
     ],
     "default": [],  # configs/shapes3d.toml as it is
 }
-PEAK_MB_TARGET = 1024.0  # DESIGN.md section 5: <= 1 GB at the official setting on the CPU
+PEAK_MB_TARGET = 1024.0  # <= 1 GB at the official setting on the CPU (README, Benchmarks)
 
 
 def setting_config(setting: str) -> Config:
@@ -177,7 +177,8 @@ def measure(
 
     Each call runs in a fresh process when ``isolate`` (its own peak memory), else all share
     one: quicker, but each peak is then the high-water mark of everything measured so far.
-    DESIGN.md's targets are for the official setting on the CPU; other rows get none.
+    The targets (README, Benchmarks) are for the official setting on the CPU; other rows get
+    none.
     """
     if isolate:
         results = [run_isolated(script, "worker", [call])[0] for call in calls]

@@ -51,7 +51,7 @@ window.addEventListener("load", function () {
 """
 
 #: (label, metric key, goal, unit): the figures that say whether the model works, with the
-#: README's goals for the default CPU run (issue 12); None: shown without a goal
+#: README's goals for the default CPU run (Atomic counterfactuals); None: shown without a goal
 HEADLINE = (
     ("retrieval, synthesis head: balanced", "retrieval.synthesis.balanced_accuracy", 0.99, ""),
     (

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 @dataclass
 class QuantizerConfig:
-    """Codebook settings; see ecosystem.md section 1.2 for what each option does."""
+    """Codebook settings, passed to ``VectorQuantize`` (its documentation says what each does)."""
 
     codebook_size: int = 128
     codebooks: int = 1  # each quantizes a DISJOINT group of D / codebooks channels

@@ -62,7 +62,7 @@ thresholds the *edge strength*, the mean ``|d f_j / d z_i|`` on the label scale
 (:meth:`SCMLatent.edge_strength`), not the gate ``A_ij`` alone, since the mask layer's MLP
 shares the effect with it.
 
-Differences from the official code on purpose (see shared/reference/causalvae.md): the
+Differences from the official CausalVAE code on purpose: the
 posterior variance is used, ``A`` has a zero diagonal and no hand-set initial order, labels are
 normalised by the caller, the DAG penalty is a real augmented Lagrangian, the mask layer's
 noise is the structural residual (step 3), actions move concepts
