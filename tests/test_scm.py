@@ -8,13 +8,8 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from vqcausal.models.scm import (
-    SCMConfig,
-    SCMLatent,
-    acyclicity,
-    reachability,
-    topological_order,
-)
+from vqcausal.models.dag import acyclicity, reachability, topological_order
+from vqcausal.models.scm import SCMConfig, SCMLatent
 
 
 def chain_model(a: float = 0.7, b: float = -1.3, k: int = 1, nonlinear: bool = False) -> SCMLatent:

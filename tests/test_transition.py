@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from vqcausal.models.dag import notears
 from vqcausal.models.retrieval import ActionClassifier, retrieval_probabilities
-from vqcausal.models.transition import CausalTransition, TransitionModelConfig, notears
+from vqcausal.models.transition import CausalTransition, TransitionModelConfig
 
 N, K, C, A, B = 12, 5, 2, 3, 4
 

@@ -80,6 +80,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
+from vqcausal.models.dag import acyclicity, reachability, topological_order
 from vqcausal.models.latent import ContinuousLatent, LatentOutput
 
 EDGE_PRIORS = ("interventional", "none")
@@ -110,41 +111,6 @@ class SCMConfig:
     edge_threshold: float = 0.3  # edge strength (mean |d f_j / d z_i|) above this is an edge
     mask_hidden: int = 64  # width of each concept's g_j
     mask_lipschitz: float = 2.0  # bound on the slope of g_j's nonlinear part
-
-
-def acyclicity(adjacency: Tensor) -> Tensor:
-    """DAG-GNN's H(A) = tr((I + A o A / n)^n) - n: zero iff the weighted graph has no cycle."""
-    n = adjacency.shape[-1]
-    eye = torch.eye(n, dtype=adjacency.dtype, device=adjacency.device)
-    poly = torch.linalg.matrix_power(eye + adjacency * adjacency / n, n)
-    return poly.diagonal(dim1=-2, dim2=-1).sum(-1) - n
-
-
-def topological_order(graph: Tensor) -> list[int] | None:
-    """Kahn's order of a 0/1 graph (``graph[i, j]`` = edge i -> j), or None if it has a cycle."""
-    edges = graph.bool().tolist()
-    n = len(edges)
-    indegree = [sum(edges[i][j] for i in range(n)) for j in range(n)]
-    ready = [j for j in range(n) if indegree[j] == 0]
-    order: list[int] = []
-    while ready:
-        i = ready.pop(0)
-        order.append(i)
-        for j in range(n):
-            if edges[i][j]:
-                indegree[j] -= 1
-                if indegree[j] == 0:
-                    ready.append(j)
-    return order if len(order) == n else None
-
-
-def reachability(graph: Tensor) -> Tensor:
-    """Bool (n, n): ``[i, j]`` is True when j is reachable from i by one or more edges."""
-    step = graph.bool()
-    reach = step.clone()
-    for _ in range(graph.shape[-1]):
-        reach = reach | ((reach.float() @ step.float()) > 0)
-    return reach
 
 
 class MaskLayer(nn.Module):

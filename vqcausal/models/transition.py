@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from vqcausal.models.dag import notears
 from vqcausal.models.variables import codebook_offsets
 
 # floats in the widest tensor of one CPU scoring pass (:meth:`CausalTransition.cpu_chunk`):
@@ -104,12 +105,6 @@ class NodeStates(NamedTuple):
     own: Tensor  # (B, N, H) embedding of each variable's current code
     context: Tensor  # (B, N, H) the same after the context transformer
     adjacency: Tensor  # (B, N, N)
-
-
-def notears(adjacency: Tensor) -> Tensor:
-    """NOTEARS acyclicity h(G) = tr(exp(G o G)) - N: zero iff the weighted graph is a DAG."""
-    trace = torch.linalg.matrix_exp(adjacency * adjacency).diagonal(dim1=-2, dim2=-1).sum(-1)
-    return trace - adjacency.shape[-1]
 
 
 class CausalTransition(nn.Module):
