@@ -13,7 +13,8 @@ from vqcausal.config import load_config
 from vqcausal.data.pendulum import PendulumRenderer
 from vqcausal.data.pendulum_folder import write_causalvae_folder
 from vqcausal.data.registry import load_source
-from vqcausal.models.base import LATENTS, ModelArgs, build_model
+from vqcausal.models.base import LATENTS, ModelArgs
+from vqcausal.models.build import build_model
 from vqcausal.runs import latest_checkpoint, load_model_from_run
 from vqcausal.train.checkpoint import save_checkpoint
 from vqcausal.train.loop import clip_groups

@@ -76,7 +76,8 @@ def test_checkpoint_save_load_gives_identical_outputs(tmp_path):
 
 
 def test_checkpoints_written_before_new_shape_keys_rebuild_their_model():
-    from vqcausal.models.base import ModelArgs, ModelConfig, build_model
+    from vqcausal.models.base import ModelArgs, ModelConfig
+    from vqcausal.models.build import build_model
     from vqcausal.runs import model_args_from_meta
 
     old = ModelArgs([3, 16, 16], ["a+", "a-"], ModelConfig()).to_dict()
@@ -106,7 +107,7 @@ def test_runs_from_before_per_source_strides_still_load():
 )
 def test_every_shipped_config_builds_its_model(path):
     from vqcausal.data.registry import load_source
-    from vqcausal.models.base import build_model
+    from vqcausal.models.build import build_model
     from vqcausal.train.run import fit_to_data
 
     config = load_config(path)

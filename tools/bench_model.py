@@ -73,7 +73,8 @@ def worker(
     compile_backend: str = "inductor",
 ) -> dict:
     """One measurement in this process; returns its rate and the process's peak memory."""
-    from vqcausal.models.base import ModelArgs, build_model
+    from vqcausal.models.base import ModelArgs
+    from vqcausal.models.build import build_model
 
     if threads:
         torch.set_num_threads(threads)

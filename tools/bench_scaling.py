@@ -17,7 +17,8 @@ from rich.table import Table
 
 from vqcausal.benchmarking import median_rate, setting_config, spread, write_report
 from vqcausal.commandline import OneLineParser, bounded
-from vqcausal.models.base import ModelArgs, build_model
+from vqcausal.models.base import ModelArgs
+from vqcausal.models.build import build_model
 
 ACTIONS = (4, 8, 12, 20, 40)
 IMAGE_SIZES = (32, 64, 128)  # -> N = 16, 64, 256 variables with three stride-2 stages

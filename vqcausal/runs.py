@@ -31,7 +31,8 @@ from safetensors.torch import load_file, load_model
 
 from vqcausal.config import Config, ConfigError, from_dict
 from vqcausal.errors import VQCausalError
-from vqcausal.models.base import CausalImageModel, ModelArgs, ModelConfig, build_model
+from vqcausal.models.base import CausalImageModel, ModelArgs, ModelConfig
+from vqcausal.models.build import build_model
 
 LATEST = "latest"
 

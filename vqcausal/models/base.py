@@ -200,17 +200,3 @@ class CausalImageModel(nn.Module, ABC):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             probs = self.retrieve_from_latents(latents[: len(x)], latents[len(x) :], method)
         return probs.float()
-
-
-def build_model(args: ModelArgs, inference: bool = False) -> CausalImageModel:
-    """The model a config's ``model.latent`` names; ``inference``: built to load a checkpoint
-    and run in eval mode only (no training libraries imported, quicker to start)."""
-    if args.model.latent == "vq":
-        from vqcausal.models.ctvae import CausalVQVAE
-
-        return CausalVQVAE(args, inference=inference)
-    if args.model.latent in LATENTS:
-        from vqcausal.models.vae import ContinuousVAE
-
-        return ContinuousVAE(args)
-    raise ValueError(f"unknown latent '{args.model.latent}'; choose from {', '.join(LATENTS)}")

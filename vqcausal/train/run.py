@@ -86,7 +86,8 @@ def _build(args: argparse.Namespace):
     import torch
     from accelerate import Accelerator
 
-    from vqcausal.models.base import ModelArgs, build_model
+    from vqcausal.models.base import ModelArgs
+    from vqcausal.models.build import build_model
 
     resume = None
     if args.resume:
