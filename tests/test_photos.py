@@ -24,9 +24,15 @@ def test_unlabelled_hue_pairs_differ_in_position_and_any_hue():
     assert len(view.photo_values) == 8 * 12 and not view.unique_images
     config = TransitionConfig(seed=3, test_fraction=0.25)
     sampler = TransitionSampler(view, config)
+    other = TransitionSampler(view, TransitionConfig(seed=4, test_fraction=0.5))
     base = ToyRenderer()
     base_split = TransitionSampler(base, config).split_of(view.grid_values)
-    assert torch.equal(view.photo_split, base_split)  # the base's split, image for image
+    # the base's split, image for image, on the sampler's own view of the collection: the
+    # collection itself and a second sampler with another seed keep theirs
+    assert torch.equal(sampler.source.photo_split, base_split)
+    assert view.photo_split.sum() == 0 and sampler.source is not view
+    assert other.source.photo_split.float().mean() > base_split.float().mean()
+    view = sampler.source
     for split in (0, 1):
         t = sampler.sample(500, ("train", "test")[split], torch.Generator().manual_seed(split))
         x, x_next = view.grid_values[t.rows], view.grid_values[t.rows_next]

@@ -21,6 +21,7 @@ with full ground truth this measures what photo-style pairing does to every metr
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 
 import torch
@@ -78,12 +79,18 @@ class PhotoSource(GroundTruthSource):
         self._any = _Groups(self._flat)
         self._stream = torch.Generator().manual_seed(0)
         self.split_given = photo_split is not None
-        self.use_split(
+        self._set_split(
             torch.zeros(len(self._flat), dtype=torch.long) if photo_split is None else photo_split
         )
 
-    def use_split(self, photo_split: torch.Tensor) -> None:
-        """Set each photo's split (0 train, 1 test)."""
+    def with_split(self, photo_split: torch.Tensor) -> PhotoSource:
+        """The same photos with each one's split (0 train, 1 test) set; ``self`` keeps its own, so
+        two samplers with other seeds or test fractions can share one collection."""
+        view = copy.copy(self)
+        view._set_split(photo_split)
+        return view
+
+    def _set_split(self, photo_split: torch.Tensor) -> None:
         self.photo_split = photo_split.long()
         if len(self.photo_split) != len(self.photo_values) or not bool(
             ((self.photo_split == 0) | (self.photo_split == 1)).all()

@@ -111,9 +111,12 @@ class TransitionSampler:
     """Draws reproducible transition batches from a source."""
 
     def __init__(self, source: GroundTruthSource, config: TransitionConfig | None = None) -> None:
-        self.source = source
-        self.space = source.space
         self.config = config or TransitionConfig()
+        if isinstance(source, PhotoSource) and not source.split_given:  # split by our hash
+            unit = hash_unit(source.split_keys(), self.config.seed)
+            source = source.with_split((unit < self.config.test_fraction).long())
+        self.source = source  # a split-less photo collection: our view of it, with our split
+        self.space = source.space
         num_actions = self.space.num_actions
         order = self.config.action_order or list(range(num_actions))
         if sorted(order) != list(range(num_actions)):
@@ -125,9 +128,6 @@ class TransitionSampler:
             geometric_weights(size, self.config.value_imbalance) for size in self.space.sizes
         ]
         self._photos = source if isinstance(source, PhotoSource) else None
-        if self._photos is not None and not self._photos.split_given:  # split by our hash
-            unit = hash_unit(self._photos.split_keys(), self.config.seed)
-            self._photos.use_split((unit < self.config.test_fraction).long())
         self._stored = source.stored_values()
         if self._photos is not None:
             self._prepare_photos()
