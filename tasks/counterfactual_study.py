@@ -229,7 +229,7 @@ def study(args: argparse.Namespace) -> None:
     # one sweep for every variant: --jobs runs train at once whatever variant they belong to
     outcomes = run_sweep([cell for group in cells.values() for cell in group], out, options)
     results = [row for variant, group in cells.items() for row in collect(out, variant, group)]
-    from vqcausal.runs import write_text_atomic
+    from vqcausal.atomic import write_text_atomic
 
     table = markdown(results)
     write_text_atomic(out / "study.md", table)

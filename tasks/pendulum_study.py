@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
+from vqcausal.atomic import write_text_atomic
 from vqcausal.commandline import SEED, OneLineParser, add_set_arg, command_main
 from vqcausal.data.registry import load_source
 from vqcausal.data.source import GroundTruthSource, to_float
@@ -51,7 +52,6 @@ from vqcausal.runs import (
     config_from_meta,
     latest_checkpoint,
     load_model_from_run,
-    write_text_atomic,
 )
 from vqcausal.sweep.command import add_engine_args, engine_options, finish
 from vqcausal.sweep.engine import run_sweep

@@ -129,7 +129,7 @@ def benchmark(args: argparse.Namespace) -> None:
     outcomes = run_sweep(cells, out, options)
     results = collect(out, cells)
     table = markdown(results)
-    from vqcausal.runs import write_text_atomic
+    from vqcausal.atomic import write_text_atomic
 
     write_text_atomic(out / "retrieval.md", table)
     write_text_atomic(out / "retrieval.json", json.dumps(results, indent=2) + "\n")

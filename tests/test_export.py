@@ -19,7 +19,7 @@ def test_export_round_trip(tmp_path, toy):
     item = train[torch.arange(5)]
     assert torch.equal(item["x"], toy.render(item["values"]))
     assert torch.equal(item["x_next"], toy.render(item["values_next"]))
-    assert not list((tmp_path / "out").glob("*.tmp"))
+    assert not list((tmp_path / "out").glob("*.tmp*"))  # no temporary file left behind
 
 
 def test_export_refuses_to_clobber_and_reports_bad_folders(tmp_path, toy):

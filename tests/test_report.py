@@ -212,6 +212,6 @@ def test_plots_write_valid_pngs(tmp_path):
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 100
-    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*.tmp*"))
     with pytest.raises(ValueError, match="shape"):
         plots.confusion_png([[1, 2]], ["a", "b"], tmp_path / "bad.png", "t")

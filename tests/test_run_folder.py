@@ -169,3 +169,18 @@ def test_damaged_metrics_lines_are_skipped_with_one_warning(tmp_path, capsys):
     assert [r["step"] for r in records] == [1, 3]
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"warning: {log}: skipped {len(damaged) + 1} damaged line(s)"]
+
+
+def test_atomic_writes_leave_the_old_file_when_the_writer_fails(tmp_path):
+    from vqcausal.atomic import atomic_path, copy_atomic, write_json_atomic, write_text_atomic
+
+    target = tmp_path / "summary.json"
+    write_json_atomic(target, {"step": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half a fi")
+        raise RuntimeError("the writer died")
+    assert json.loads(target.read_text()) == {"step": 1}  # the old file, whole
+    write_text_atomic(target, '{"step": 2}')
+    copy_atomic(target, tmp_path / "copy.json")
+    assert json.loads((tmp_path / "copy.json").read_text()) == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.json", "summary.json"]

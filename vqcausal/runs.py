@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -92,13 +91,6 @@ def check_meta(meta: object) -> dict:
     if loss is not None and not (isinstance(loss, int | float) and not isinstance(loss, bool)):
         raise TypeError(f"last_loss must be a number, got {loss!r:.40}")
     return meta
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text under a temporary name and rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def first_line(err: BaseException) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from einops import rearrange, repeat
 from PIL import Image, ImageDraw, ImageFont
 
+from vqcausal.atomic import atomic_path
 from vqcausal.errors import VQCausalError
 
 
@@ -80,7 +80,6 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     if path.is_dir():
         raise VQCausalError(f"{path} is a folder; name a PNG file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path

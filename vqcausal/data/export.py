@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,17 +21,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vqcausal.atomic import atomic_path, write_json_atomic
 from vqcausal.data.factors import FactorSpace
 from vqcausal.data.transitions import SPLITS, TransitionSampler
 from vqcausal.errors import DataError
 
 PAIR_KEYS = ("x", "x_next", "action", "values", "values_next")
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def new_export_folder(out_dir: str | Path) -> Path:
@@ -61,9 +55,8 @@ def export_pairs(
         for start in range(0, total, shard_size):
             batch = sampler.batch(min(shard_size, total - start), split, generator)
             name = f"{split}-{len(shards[split]):05d}.safetensors"
-            tmp = out / (name + ".tmp")
-            save_file({k: batch[k].contiguous() for k in PAIR_KEYS}, str(tmp))
-            os.replace(tmp, out / name)
+            with atomic_path(out / name) as tmp:
+                save_file({k: batch[k].contiguous() for k in PAIR_KEYS}, str(tmp))
             shards[split].append(name)
             if progress is not None:
                 progress(int(batch["action"].shape[0]))

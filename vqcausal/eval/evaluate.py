@@ -422,11 +422,11 @@ def run_evaluation(inputs: Inputs, disentanglement: bool = True) -> Result:
 
     ``disentanglement=False`` skips the slowest section (sklearn models over 10k points),
     which sweeps that only compare retrieval and counterfactuals do not need."""
+    from vqcausal.atomic import write_text_atomic
     from vqcausal.eval.counterfactual import counterfactual_section, training_fit
     from vqcausal.eval.disentanglement import DisentanglementSettings
     from vqcausal.eval.oracle import OracleSettings, load_or_train_oracle
     from vqcausal.progress import section
-    from vqcausal.runs import write_text_atomic
 
     sections = ["encoding held-out pairs", "factor oracle", "counterfactuals"]
     sections += ["disentanglement scores"] * disentanglement + ["structure and MIC", "figures"]

@@ -44,6 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from vqcausal.atomic import atomic_path, write_json_atomic
 from vqcausal.data.photos import PhotoSource
 from vqcausal.data.source import GroundTruthSource, to_float
 from vqcausal.data.transitions import SPLITS, TransitionSampler
@@ -388,12 +389,9 @@ def load_or_train_oracle(
     oracle, report = train_oracle(source, sampler, settings, render, device)
     weights, description = cache_paths(folder, dataset)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    save_model(oracle, str(tmp))
-    tmp.replace(weights)
-    tmp = description.with_name(f".{description.name}.tmp")
-    tmp.write_text(json.dumps({"key": key, "report": report}, indent=2))
-    tmp.replace(description)
+    with atomic_path(weights) as tmp:
+        save_model(oracle, str(tmp))
+    write_json_atomic(description, {"key": key, "report": report})
     return oracle, {**report, "cached": False}
 
 

@@ -8,7 +8,6 @@ code. Every PNG is written to a temp name and renamed, so readers never see half
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vqcausal.atomic import atomic_path
 from vqcausal.runs import finite_number, leaves, metric_records
 
 #: metrics.jsonl keys that are bookkeeping, not loss terms
@@ -33,12 +33,8 @@ def _save(fig: Figure, path: str | Path) -> Path:
     """Write atomically: a crashed or concurrent run never leaves a truncated PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

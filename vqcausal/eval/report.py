@@ -16,9 +16,10 @@ import math
 import re
 from pathlib import Path
 
+from vqcausal.atomic import write_text_atomic
 from vqcausal.errors import VQCausalError
 from vqcausal.eval import plots
-from vqcausal.runs import check_run_dir, leaves, write_text_atomic
+from vqcausal.runs import check_run_dir, leaves
 
 #: lists longer than this (or nested, like confusion matrices) stay out of the table
 MAX_LIST_IN_TABLE = 8

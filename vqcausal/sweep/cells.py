@@ -20,7 +20,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from vqcausal.atomic import copy_atomic, write_text_atomic
 from vqcausal.errors import VQCausalError
 from vqcausal.sweep.plan import Cell
 from vqcausal.sweep.spec import SweepError
@@ -224,12 +224,6 @@ def _last_error(log: Path) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
 @dataclass
 class Outcome:
     """What happened to one cell in this sweep."""
@@ -275,7 +269,6 @@ def write_cell_file(cell: Cell, cell_dir: Path) -> None:
             )
         return
     cell_dir.mkdir(parents=True, exist_ok=True)
-    from vqcausal.runs import write_text_atomic
 
     write_text_atomic(path, json.dumps(cell.to_dict(), indent=2) + "\n")
 
@@ -355,4 +348,4 @@ def _copy_oracle(source: Path, target: Path, sweep_dir: Path) -> None:
         if files:
             target.mkdir(parents=True, exist_ok=True)
         for path in files:
-            _copy_atomic(path, target / path.name)
+            copy_atomic(path, target / path.name)

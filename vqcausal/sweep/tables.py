@@ -100,7 +100,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
 
 
 def write_csv(rows: Sequence[Row], path: Path) -> Path:
-    from vqcausal.runs import write_text_atomic
+    from vqcausal.atomic import write_text_atomic
 
     buffer = io.StringIO()
     names = [f.name for f in dataclasses.fields(Row) if f.name not in Row.CSV_EXCLUDE]
@@ -114,7 +114,7 @@ def write_csv(rows: Sequence[Row], path: Path) -> Path:
 
 def write_per_action_csv(rows: Sequence[Row], path: Path) -> Path:
     """Long format: one line per (cell, action) with its training frequency and accuracy."""
-    from vqcausal.runs import write_text_atomic
+    from vqcausal.atomic import write_text_atomic
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -258,7 +258,7 @@ def write_figures(rows: Sequence[Row], folder: Path) -> list[Path]:
 
 def write_results(sweep_dir: str | Path, rows: Sequence[Row] | None = None) -> dict[str, Any]:
     """results.csv, per_action.csv, results.md and figures/ of a sweep folder."""
-    from vqcausal.runs import write_text_atomic
+    from vqcausal.atomic import write_text_atomic
 
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir) if rows is None else list(rows)

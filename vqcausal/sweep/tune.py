@@ -333,7 +333,7 @@ def search(args: argparse.Namespace) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from vqcausal.runs import write_text_atomic
+    from vqcausal.atomic import write_text_atomic
     from vqcausal.train.run import config_toml
 
     start = time.monotonic()

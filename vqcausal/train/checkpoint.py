@@ -32,6 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_model
 
+from vqcausal.atomic import write_text_atomic
 from vqcausal.config import Config
 from vqcausal.runs import (
     LATEST,
@@ -40,7 +41,6 @@ from vqcausal.runs import (
     checkpoint_pointer,
     first_line,
     resume_hint,
-    write_text_atomic,
 )
 
 LOCK = ".lock"

@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 from torch import nn
 
+from vqcausal.atomic import atomic_path, write_json_atomic, write_text_atomic
 from vqcausal.config import Config, to_dict
 from vqcausal.data.source import ConceptScaler, GroundTruthSource, to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
@@ -34,7 +35,6 @@ from vqcausal.runs import (
     metric_records,
     read_latent_cache,
     resume_hint,
-    write_text_atomic,
 )
 from vqcausal.schedule import lr_factor
 from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
@@ -341,9 +341,8 @@ class Trainer:
         cache = dict(zip(CACHE_KEYS, (latents, t.actions, latents_next), strict=True))
         if self.accelerator.is_main_process:
             path.parent.mkdir(exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            save_file({k: v.contiguous() for k, v in cache.items()}, str(tmp))
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                save_file({k: v.contiguous() for k, v in cache.items()}, str(tmp))
         return cache
 
     def _update(
@@ -440,7 +439,7 @@ class Trainer:
         else:
             metrics = self.evaluate_now(stage)
         summary = {"step": self.step, "finished": self.step >= self.total_steps, **metrics}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(self.run_dir / "summary.json", summary)
         log_summary(self.accelerator, metrics, self.step)
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         if not math.isnan(self.last_loss):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import tomli_w
 
+from vqcausal.atomic import write_text_atomic
 from vqcausal.commandline import OneLineParser, add_config_args, config_from_args, run
 from vqcausal.config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from vqcausal.data.registry import load_source
@@ -33,7 +34,6 @@ from vqcausal.runs import (
     load_weights,
     model_args_from_meta,
     resume_hint,
-    write_text_atomic,
 )
 from vqcausal.train.checkpoint import DISK_FULL, new_run_dir, run_lock
 
