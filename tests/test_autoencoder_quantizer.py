@@ -178,7 +178,9 @@ def test_tiny_vqvae_learns_toy_images() -> None:
     """400 Adam steps must beat the ignore-the-latent (mean image) baseline, not just the init.
 
     A VQ-VAE first sits near that baseline for a few hundred steps (the codes carry nothing
-    yet), so fewer steps would test the plateau, not learning.
+    yet), so fewer steps would test the plateau, not learning. With 16 codes per codebook it
+    never left the plateau on 2 of 5 seeds under torch 2.14 (800 steps); with 64 codes every one
+    of seeds 0 - 5 reached 0.02 - 0.14 of the baseline in 400 steps.
     """
     torch.manual_seed(0)
     values = ToyRenderer().space.unravel(torch.arange(ToyRenderer().space.num_values))
@@ -186,7 +188,7 @@ def test_tiny_vqvae_learns_toy_images() -> None:
     mean_image_mse = F.mse_loss(x.mean(0, keepdim=True).expand_as(x), x).item()
     cfg = AutoencoderConfig(widths=[16, 32], residual_layers=1, embed_dim=16)
     enc, dec = Encoder(3, cfg), Decoder(3, cfg)
-    q = Quantizer(16, QuantizerConfig(codebook_size=16, codebooks=2))
+    q = Quantizer(16, QuantizerConfig(codebook_size=64, codebooks=2))
     modules = (enc, q, dec)
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=3e-3)
 
