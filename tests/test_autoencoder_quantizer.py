@@ -214,7 +214,7 @@ def test_tiny_vqvae_learns_toy_images() -> None:
     assert final < 0.7 * mean_image_mse
     q.eval()
     with torch.no_grad():
-        assert code_usage(q(enc(x)).indices, 16)["usage"] > 0.25
+        assert code_usage(q(enc(x)).indices, 64)["usage"] > 0.25
 
 
 @pytest.mark.parametrize("codebooks, cosine", [(1, True), (2, True), (4, False)])
