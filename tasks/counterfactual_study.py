@@ -80,10 +80,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "default": ("configs/<dataset>.toml as it is", ()),
-    "wsd": (
-        "default + each stage's learning rate held, then decayed linearly to 5% over the "
-        "stage's last fifth (train.lr_schedule = wsd)",
-        ('train.lr_schedule="wsd"',),
+    "constant-lr": (
+        "default with constant learning rates (the default before train.lr_schedule = wsd)",
+        ('train.lr_schedule="constant"',),
     ),
 }
 
