@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from vqcausal.atomic import write_json_atomic
 from vqcausal.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,6 +227,6 @@ def write_report(
         "results": results,
         **sections,
     }
-    path.write_text(json.dumps(report, indent=2))
+    write_json_atomic(path, report)
     print(f"wrote {path}")
     return path

@@ -14,7 +14,7 @@ import torch
 
 from vqcausal.data.factors import FactorSpace
 from vqcausal.data.npy import npz_member_offset
-from vqcausal.data.source import IndexedSource, init_indexed_file
+from vqcausal.data.source import IndexedSource
 from vqcausal.data.sprites import SPRITES_SPACE
 from vqcausal.errors import DataError
 
@@ -82,7 +82,7 @@ class DSpritesFile(IndexedSource):
                 )
         self.image_shape = (channels, height, width)
         values = torch.from_numpy(classes[:, 1:].astype(np.int64))
-        init_indexed_file(self, self.path, FactorSpace(SPRITES_FACTORS), values)
+        super().__init__(FactorSpace(SPRITES_FACTORS), values, origin=self.path)
 
     def _read_small(self, npz: Any, key: str) -> np.ndarray:
         try:

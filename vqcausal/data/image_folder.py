@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vqcausal.data.factors import Factor, FactorSpace
-from vqcausal.data.source import IndexedSource, init_indexed_file, unique_rows
+from vqcausal.data.source import IndexedSource, unique_rows
 from vqcausal.errors import DataError
 
 
@@ -54,7 +54,7 @@ class ImageFolderSource(IndexedSource):
         values = torch.from_numpy(table)
         self._check_distinct(space, values, lines)
         self.image_shape = self._check_images(lines)
-        init_indexed_file(self, self.csv_path, space, values)
+        super().__init__(space, values, origin=self.csv_path)
 
     # -- csv -------------------------------------------------------------------------
     def _read_csv(self) -> tuple[list[str], list[Path], list[int], np.ndarray]:

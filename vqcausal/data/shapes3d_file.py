@@ -13,7 +13,7 @@ import torch
 
 from vqcausal.data.factors import FactorSpace
 from vqcausal.data.shapes3d import SHAPES3D_SPACE
-from vqcausal.data.source import IndexedSource, init_indexed_file, unique_rows
+from vqcausal.data.source import IndexedSource, unique_rows
 from vqcausal.errors import DataError
 
 SHAPES3D_FACTORS = SHAPES3D_SPACE.factors
@@ -106,7 +106,7 @@ class Shapes3DFile(IndexedSource):
             )
         ]
         values = torch.from_numpy(np.stack(columns, axis=1).astype(np.int64))
-        init_indexed_file(self, self.path, FactorSpace(SHAPES3D_FACTORS), values)
+        super().__init__(FactorSpace(SHAPES3D_FACTORS), values, origin=self.path)
 
     def _dataset(self, handle: Any, key: str) -> Any:
         import h5py

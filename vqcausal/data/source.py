@@ -79,13 +79,21 @@ class GroundTruthSource(ABC):
 class IndexedSource(GroundTruthSource):
     """A source that stores a subset of grid points; subclasses fetch images by row."""
 
-    def __init__(self, space: FactorSpace, row_values: torch.Tensor) -> None:
-        self.space = space
-        self.row_values = space.check_values(row_values)
-        flat = space.ravel(self.row_values)
-        self._sorted_flat, self._order = torch.sort(flat)
-        if (self._sorted_flat[1:] == self._sorted_flat[:-1]).any():
-            raise DataError(f"{self.name}: two stored images share the same factor values")
+    def __init__(
+        self, space: FactorSpace, row_values: torch.Tensor, origin: Path | None = None
+    ) -> None:
+        """``origin``: the file the rows were read from, named in any error about them."""
+        try:
+            self.space = space
+            self.row_values = space.check_values(row_values)
+            flat = space.ravel(self.row_values)
+            self._sorted_flat, self._order = torch.sort(flat)
+            if (self._sorted_flat[1:] == self._sorted_flat[:-1]).any():
+                raise DataError(f"{self.name}: two stored images share the same factor values")
+        except DataError as err:
+            if origin is None:
+                raise
+            raise DataError(f"{origin}: {err}") from None
 
     @abstractmethod
     def load_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -142,16 +150,6 @@ def resized(images: torch.Tensor, size: int | None) -> torch.Tensor:
         images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )
     return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def init_indexed_file(
-    source: IndexedSource, path: Path, space: FactorSpace, values: torch.Tensor
-) -> None:
-    """Run IndexedSource.__init__ but name the file in its errors (e.g. duplicate rows)."""
-    try:
-        IndexedSource.__init__(source, space, values)
-    except DataError as err:
-        raise DataError(f"{path}: {err}") from None
 
 
 def unique_rows(rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
