@@ -64,7 +64,7 @@ DO_VALUES = torch.linspace(-2.0, 2.0, 7)
 
 
 @torch.no_grad()
-def test_latents(
+def held_out_latents(
     model: CausalImageModel, source: GroundTruthSource, sampler: TransitionSampler, n: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(latents, concept labels, uint8 images) of ``n`` held-out source images."""
@@ -122,7 +122,7 @@ def study_one(run_dir: Path, out: Path) -> dict:
     source = load_source(config.data)
     sampler = TransitionSampler(source, config.transitions)
     latent = model.args.model.latent
-    latents, labels, x = test_latents(model, source, sampler, ALIGNMENT_POINTS)
+    latents, labels, x = held_out_latents(model, source, sampler, ALIGNMENT_POINTS)
     summary = json.loads((run_dir / "summary.json").read_text())
     result = {
         "latent": latent,

@@ -10,11 +10,11 @@ from vqcausal.schedule import lr_factor
 
 
 def test_constant_is_one_everywhere() -> None:
-    assert {lr_factor("constant", s, 0, 100, 10, 0.0) for s in range(100)} == {1.0}
+    assert {lr_factor("constant", s, 0, 100, 10, 0.0, 0.2) for s in range(100)} == {1.0}
 
 
 def test_cosine_warms_up_then_ends_at_final() -> None:
-    factors = [lr_factor("cosine", s, 0, 100, 10, 0.05) for s in range(100)]
+    factors = [lr_factor("cosine", s, 0, 100, 10, 0.05, 0.2) for s in range(100)]
     assert factors[0] == pytest.approx(0.1)
     assert factors[9] == pytest.approx(1.0)
     assert factors[99] == pytest.approx(0.05, abs=1e-3)
@@ -39,7 +39,7 @@ def test_wsd_decay_fraction_one_is_a_linear_schedule() -> None:
 
 def test_unknown_schedule_and_bad_fraction_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown lr schedule"):
-        lr_factor("step", 0, 0, 10, 0, 0.0)
+        lr_factor("step", 0, 0, 10, 0, 0.0, 0.2)
     with pytest.raises(VQCausalError, match="lr_decay_fraction"):
         TrainConfig(lr_decay_fraction=0.0)
     with pytest.raises(VQCausalError, match="lr_schedule"):

@@ -19,7 +19,7 @@ def lr_factor(
     end: int,
     warmup: int,
     final: float,
-    decay_fraction: float = 0.2,
+    decay_fraction: float,
 ) -> float:
     """Multiplier of the base rate at global ``step`` of a stage spanning ``[start, end)``.
 

@@ -416,7 +416,7 @@ class Result:
     figures: list[Path]
 
 
-def run_evaluation(inputs: Inputs, disentanglement: bool = True) -> Result:
+def evaluate_prepared(inputs: Inputs, disentanglement: bool = True) -> Result:
     """Compute every section, write the figures and metrics.json, return them; each section
     shows as it runs (:func:`vqcausal.progress.section`).
 
@@ -553,4 +553,4 @@ def evaluate_run(
 ) -> Result:
     """Validate, then evaluate (see the module docstring)."""
     inputs = prepare(run_dir, out, split, pairs, fast, seed)
-    return run_evaluation(inputs, disentanglement)
+    return evaluate_prepared(inputs, disentanglement)

@@ -33,7 +33,7 @@ class EvalSet:
 
 
 @torch.no_grad()
-def evaluate(model: CausalImageModel, data: EvalSet, with_transition: bool = True) -> dict:
+def held_out_metrics(model: CausalImageModel, data: EvalSet, with_transition: bool = True) -> dict:
     """Metrics on held-out pairs; the model must be in eval mode (deterministic)."""
     device = model_device(model)
     n = len(data.transitions)

@@ -39,7 +39,7 @@ from vqcausal.runs import (
 from vqcausal.schedule import lr_factor
 from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
 from vqcausal.train.checkpoint import load_train_state, save_checkpoint
-from vqcausal.train.evaluation import EvalSet, evaluate, save_figures
+from vqcausal.train.evaluation import EvalSet, held_out_metrics, save_figures
 from vqcausal.train.trackers import flatten, log_images, log_summary
 
 
@@ -421,7 +421,7 @@ class Trainer:
     def evaluate_now(self, stage: int) -> dict:
         was_training = self.model.training
         self.model.eval()
-        metrics = evaluate(self.model, self.eval_set, with_transition=stage == 2)
+        metrics = held_out_metrics(self.model, self.eval_set, with_transition=stage == 2)
         pngs = save_figures(
             self.model, self.eval_set, self.run_dir / "figures", self.step, stage == 2
         )

@@ -61,10 +61,10 @@ import numpy as np
 from vqcausal.eval.disentanglement.common import (
     DisentanglementSettings,
     Represent,
-    _is_discrete,
-    _rng,
+    as_rng,
     represent_factors,
     sample_factors,
+    treat_as_discrete,
 )
 from vqcausal.eval.disentanglement.fixed_factor import beta_vae_score, factor_vae_score
 from vqcausal.eval.disentanglement.observational import (
@@ -118,12 +118,12 @@ def disentanglement_scores(
     ``discrete=None`` detects code indices from an integer output dtype.
     """
     settings = settings or DisentanglementSettings()
-    rng = _rng(seed)
+    rng = as_rng(seed)
     f_train = sample_factors(sizes, settings.num_train, rng)
     f_test = sample_factors(sizes, settings.num_test, rng)
     z_train = represent_factors(represent, f_train, settings.represent_chunk)
     z_test = represent_factors(represent, f_test, settings.represent_chunk)
-    is_discrete = _is_discrete(z_train, discrete)
+    is_discrete = treat_as_discrete(z_train, discrete)
     dci_scores = dci(
         z_train,
         f_train,

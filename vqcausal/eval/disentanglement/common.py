@@ -62,35 +62,39 @@ class DisentanglementSettings:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _rng(seed: int | np.random.Generator) -> np.random.Generator:
+def as_rng(seed: int | np.random.Generator) -> np.random.Generator:
+    """A generator as given, or a new one from an integer seed."""
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
-def _sk_seed(rng: np.random.Generator) -> int:
+def sklearn_seed(rng: np.random.Generator) -> int:
+    """An integer ``random_state`` for scikit-learn drawn from ``rng``."""
     return int(rng.integers(0, 2**31 - 1))
 
 
-def _as_2d(x: np.ndarray | torch.Tensor) -> np.ndarray:
+def as_2d(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A NumPy array of shape ``(rows, features)``; extra dims are flattened."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     return x.reshape(len(x), -1)
 
 
-def _is_discrete(latents: np.ndarray, discrete: bool | None) -> bool:
+def treat_as_discrete(latents: np.ndarray, discrete: bool | None) -> bool:
+    """``discrete`` when given, else whether the latents have an integer or boolean dtype."""
     if discrete is not None:
         return discrete
     return bool(np.issubdtype(latents.dtype, np.integer) or latents.dtype == np.bool_)
 
 
-def _varying(factors: np.ndarray) -> np.ndarray:
+def varying_factors(factors: np.ndarray) -> np.ndarray:
     """Indices of the factor columns that take more than one value."""
     return np.array(
         [k for k in range(factors.shape[1]) if np.unique(factors[:, k]).size > 1], dtype=int
     )
 
 
-def _codes(latents: np.ndarray) -> np.ndarray:
+def relabel_codes(latents: np.ndarray) -> np.ndarray:
     """Relabel each discrete dim to ``0..V-1`` (labels only, the order means nothing)."""
     out = np.empty(latents.shape, dtype=np.int64)
     for j in range(latents.shape[1]):
@@ -98,7 +102,7 @@ def _codes(latents: np.ndarray) -> np.ndarray:
     return out
 
 
-def _gap_top_two(scores: np.ndarray) -> np.ndarray:
+def gap_top_two(scores: np.ndarray) -> np.ndarray:
     """Per column, best minus second best (second is 0 when there is a single row)."""
     if scores.shape[0] == 1:
         return scores[0]
@@ -106,7 +110,7 @@ def _gap_top_two(scores: np.ndarray) -> np.ndarray:
     return ordered[-1] - ordered[-2]
 
 
-def _one_hot(
+def one_hot_blocks(
     train: np.ndarray, test: np.ndarray
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix, np.ndarray]:
     """One-hot codes of train/test plus the block size of each original dim."""
@@ -119,7 +123,7 @@ def _one_hot(
 
 def sample_factors(sizes: Sequence[int], n: int, seed: int | np.random.Generator = 0) -> np.ndarray:
     """Uniform i.i.d. factor values ``(n, K)``: the observational distribution on the grid."""
-    rng = _rng(seed)
+    rng = as_rng(seed)
     if any(int(s) < 1 for s in sizes):
         raise ValueError(f"every factor needs at least one value, got sizes={list(sizes)}")
     return np.stack([rng.integers(0, int(s), size=n) for s in sizes], axis=1).astype(np.int64)
@@ -131,5 +135,5 @@ def represent_factors(represent: Represent, factors: np.ndarray, chunk: int = 4_
     for start in range(0, len(factors), max(1, chunk)):
         batch = torch.as_tensor(factors[start : start + chunk], dtype=torch.long)
         with torch.no_grad():
-            parts.append(_as_2d(represent(batch)))
+            parts.append(as_2d(represent(batch)))
     return np.concatenate(parts, axis=0)

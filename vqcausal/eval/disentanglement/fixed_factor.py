@@ -12,10 +12,10 @@ from sklearn.preprocessing import StandardScaler
 from vqcausal.eval.disentanglement.common import (
     DisentanglementSettings,
     Represent,
-    _is_discrete,
-    _rng,
+    as_rng,
     represent_factors,
     sample_factors,
+    treat_as_discrete,
 )
 
 # ----------------------------------------------------------------------------- beta-VAE
@@ -51,7 +51,7 @@ def _beta_vae_features(
         z = _batched_represent(represent, np.concatenate([first, second], axis=1), 2 * b * per_call)
         z1, z2 = z[:, :b], z[:, b:]
         if is_discrete is None:
-            is_discrete = _is_discrete(z1.reshape(-1, z1.shape[-1]), None)
+            is_discrete = treat_as_discrete(z1.reshape(-1, z1.shape[-1]), None)
         if is_discrete:
             features.append(np.mean(z1 != z2, axis=1))
         else:
@@ -73,7 +73,7 @@ def beta_vae_score(
     discrete latents). Features are standardised before the logistic regression.
     """
     settings = settings or DisentanglementSettings()
-    rng = _rng(seed)
+    rng = as_rng(seed)
     choices = np.flatnonzero(np.asarray(sizes) > 1)
     if choices.size == 0:
         return 0.0
@@ -155,7 +155,7 @@ def factor_vae_score(
     factor value the dim of least scaled variance votes for that factor.
     """
     settings = settings or DisentanglementSettings()
-    rng = _rng(seed)
+    rng = as_rng(seed)
     choices = np.flatnonzero(np.asarray(sizes) > 1)
     if choices.size == 0:
         return 0.0
@@ -164,7 +164,7 @@ def factor_vae_score(
         sample_factors(sizes, settings.num_variance_estimate, rng),
         settings.represent_chunk,
     )
-    is_discrete = _is_discrete(z, discrete)
+    is_discrete = treat_as_discrete(z, discrete)
     scale = _global_gini(z) if is_discrete else _spread(z, False, axis=0)
     active = np.sqrt(scale) >= settings.prune_threshold
     if not active.any():

@@ -22,14 +22,14 @@ from sklearn.tree import DecisionTreeClassifier
 
 from vqcausal.eval.disentanglement.common import (
     DciModel,
-    _as_2d,
-    _codes,
-    _gap_top_two,
-    _is_discrete,
-    _one_hot,
-    _rng,
-    _sk_seed,
-    _varying,
+    as_2d,
+    as_rng,
+    gap_top_two,
+    one_hot_blocks,
+    relabel_codes,
+    sklearn_seed,
+    treat_as_discrete,
+    varying_factors,
 )
 
 # ----------------------------------------------------------------------------- MIG
@@ -37,7 +37,7 @@ from vqcausal.eval.disentanglement.common import (
 
 def discretize(latents: np.ndarray, bins: int = 20) -> np.ndarray:
     """Equal-width histogram bins per dim (as in MIG); constant dims map to bin 0."""
-    latents = _as_2d(latents).astype(np.float64)
+    latents = as_2d(latents).astype(np.float64)
     out = np.zeros(latents.shape, dtype=np.int64)
     live = np.ptp(latents, axis=0) > 0
     if live.any():
@@ -50,8 +50,8 @@ def mutual_information_matrix(
     latents: np.ndarray, factors: np.ndarray, bins: int = 20, discrete: bool | None = None
 ) -> np.ndarray:
     """``(d, K)`` mutual information (nats) between each (binned) latent dim and factor."""
-    latents, factors = _as_2d(latents), _as_2d(factors)
-    codes = latents if _is_discrete(latents, discrete) else discretize(latents, bins)
+    latents, factors = as_2d(latents), as_2d(factors)
+    codes = latents if treat_as_discrete(latents, discrete) else discretize(latents, bins)
     mi = np.zeros((codes.shape[1], factors.shape[1]))
     for i in range(codes.shape[1]):
         for k in range(factors.shape[1]):
@@ -66,14 +66,14 @@ def mig(
 
     High only when each factor is captured by exactly one latent dim (axis alignment).
     """
-    latents, factors = _as_2d(latents), _as_2d(factors)
-    keep = _varying(factors)
+    latents, factors = as_2d(latents), as_2d(factors)
+    keep = varying_factors(factors)
     if keep.size == 0:
         return 0.0
     factors = factors[:, keep]
     mi = mutual_information_matrix(latents, factors, bins, discrete)
     ent = np.array([mutual_info_score(f, f) for f in factors.T])
-    return float(np.mean(_gap_top_two(mi) / ent))
+    return float(np.mean(gap_top_two(mi) / ent))
 
 
 # ----------------------------------------------------------------------------- SAP
@@ -93,9 +93,9 @@ def sap(
     class_weight="balanced")`` on that one dim, or, for ``continuous_factors``, the squared
     correlation of dim and factor. Factors that take one value are skipped (no information).
     """
-    x_train, y_train = _as_2d(latents_train).astype(float), _as_2d(factors_train)
-    x_test, y_test = _as_2d(latents_test).astype(float), _as_2d(factors_test)
-    keep = _varying(y_train)
+    x_train, y_train = as_2d(latents_train).astype(float), as_2d(factors_train)
+    x_test, y_test = as_2d(latents_test).astype(float), as_2d(factors_test)
+    keep = varying_factors(y_train)
     if keep.size == 0:
         return 0.0
     scores = np.zeros((x_train.shape[1], keep.size))
@@ -111,7 +111,7 @@ def sap(
                 warnings.simplefilter("ignore")  # liblinear's convergence notes
                 clf.fit(x_train[:, i : i + 1], y_train[:, k])
             scores[i, col] = float(np.mean(clf.predict(x_test[:, i : i + 1]) == y_test[:, k]))
-    return float(np.mean(_gap_top_two(scores)))
+    return float(np.mean(gap_top_two(scores)))
 
 
 def sap_balanced(
@@ -131,15 +131,15 @@ def sap_balanced(
     cannot carve out the middle values of a 1-D latent; categorical naive Bayes for codes),
     or held-out R^2 of a linear regression when ``continuous_factors``.
     """
-    rng = _rng(seed)
-    x_train, y_train = _as_2d(latents_train), _as_2d(factors_train)
-    x_test, y_test = _as_2d(latents_test), _as_2d(factors_test)
-    is_discrete = _is_discrete(x_train, discrete)
-    keep = _varying(y_train)
+    rng = as_rng(seed)
+    x_train, y_train = as_2d(latents_train), as_2d(factors_train)
+    x_test, y_test = as_2d(latents_test), as_2d(factors_test)
+    is_discrete = treat_as_discrete(x_train, discrete)
+    keep = varying_factors(y_train)
     if keep.size == 0:
         return 0.0
     if is_discrete:
-        joint = _codes(np.concatenate([x_train, x_test]))
+        joint = relabel_codes(np.concatenate([x_train, x_test]))
         x_train, x_test = joint[: len(x_train)], joint[len(x_train) :]
     scores = np.zeros((x_train.shape[1], keep.size))
     for col, k in enumerate(keep):
@@ -157,13 +157,13 @@ def sap_balanced(
                 clf = DecisionTreeClassifier(
                     class_weight="balanced",
                     max_leaf_nodes=2 * num_values,
-                    random_state=_sk_seed(rng),
+                    random_state=sklearn_seed(rng),
                 )
             clf.fit(a_train, y_train[:, k])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a class absent from the test split
                 scores[i, col] = balanced_accuracy_score(y_test[:, k], clf.predict(a_test))
-    return float(np.mean(_gap_top_two(scores)))
+    return float(np.mean(gap_top_two(scores)))
 
 
 # ----------------------------------------------------------------------------- DCI
@@ -197,20 +197,20 @@ def dci_importance(
     ``K'`` counts only the factors that vary in the training data (the others are skipped).
     Discrete codes are one-hot encoded and each dim's block importances are summed.
     """
-    rng = _rng(seed)
-    x_train, y_train = _as_2d(latents_train), _as_2d(factors_train)
-    x_test, y_test = _as_2d(latents_test), _as_2d(factors_test)
+    rng = as_rng(seed)
+    x_train, y_train = as_2d(latents_train), as_2d(factors_train)
+    x_test, y_test = as_2d(latents_test), as_2d(factors_test)
     d = x_train.shape[1]
-    keep = _varying(y_train)
-    if _is_discrete(x_train, discrete):
-        f_train, f_test, blocks = _one_hot(x_train, x_test)
+    keep = varying_factors(y_train)
+    if treat_as_discrete(x_train, discrete):
+        f_train, f_test, blocks = one_hot_blocks(x_train, x_test)
     else:
         f_train, f_test, blocks = x_train, x_test, np.ones(d, dtype=int)
     offsets = np.concatenate([[0], np.cumsum(blocks)[:-1]])
     importance = np.zeros((d, keep.size))
     accuracy = []
     for col, k in enumerate(keep):
-        clf = _tree_model(model, n_estimators, _sk_seed(rng)).fit(f_train, y_train[:, k])
+        clf = _tree_model(model, n_estimators, sklearn_seed(rng)).fit(f_train, y_train[:, k])
         importance[:, col] = np.add.reduceat(np.abs(clf.feature_importances_), offsets)
         accuracy.append(float(np.mean(clf.predict(f_test) == y_test[:, k])))
     importance = np.nan_to_num(importance)  # a tree with no split has undefined importances
@@ -288,8 +288,8 @@ def modularity(
     latents: np.ndarray, factors: np.ndarray, bins: int = 20, discrete: bool | None = None
 ) -> float:
     """Modularity: does each latent dim depend on at most one factor (from binned MI)."""
-    factors = _as_2d(factors)
-    keep = _varying(factors)
+    factors = as_2d(factors)
+    keep = varying_factors(factors)
     if keep.size == 0:
         return 0.0
     return modularity_from_mi(mutual_information_matrix(latents, factors[:, keep], bins, discrete))
@@ -307,15 +307,15 @@ def explicitness(
     Averaged over each factor's values (macro) and then over factors. Continuous latents are
     standardised on the training split; discrete codes are one-hot encoded.
     """
-    x_train, y_train = _as_2d(latents_train), _as_2d(factors_train)
-    x_test, y_test = _as_2d(latents_test), _as_2d(factors_test)
-    if _is_discrete(x_train, discrete):
-        x_train, x_test, _ = _one_hot(x_train, x_test)
+    x_train, y_train = as_2d(latents_train), as_2d(factors_train)
+    x_test, y_test = as_2d(latents_test), as_2d(factors_test)
+    if treat_as_discrete(x_train, discrete):
+        x_train, x_test, _ = one_hot_blocks(x_train, x_test)
     else:
         scaler = StandardScaler().fit(x_train.astype(np.float64))
         x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
     aucs = []
-    for k in _varying(y_train):
+    for k in varying_factors(y_train):
         clf = LogisticRegression(max_iter=1_000).fit(x_train, y_train[:, k])
         proba = clf.predict_proba(x_test)
         truth = y_test[:, k, None] == clf.classes_[None, :]
