@@ -47,6 +47,13 @@ def mixed_space() -> FactorSpace:
     return FactorSpace([Factor("hue", 4, cyclic=True), Factor("scale", 3), Factor("pos", 5)])
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test of the shared trained run is slow: whichever runs first trains it."""
+    for item in items:
+        if "trained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """Tiny models run fastest on one thread and never stall on an oversubscribed CI box."""

@@ -6,10 +6,13 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 from conftest import TOY_TINY
 from PIL import Image
 
 from vqcausal.config import load_config
+
+pytestmark = pytest.mark.slow  # trains and evaluates two variants
 
 
 def load_study():

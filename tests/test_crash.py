@@ -10,11 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from vqcausal.runs import CheckpointError, latest_checkpoint, load_model_from_run
 from vqcausal.train.run import main as train
+
+pytestmark = pytest.mark.slow  # trains in a subprocess and kills it
 
 STEPS = [
     "train.stage1_steps=120",

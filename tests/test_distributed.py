@@ -20,6 +20,8 @@ from conftest import run_folder, stage2_train_retrieval
 
 from vqcausal.runs import latest_checkpoint
 
+pytestmark = pytest.mark.slow  # a two-process accelerate launch
+
 TORCHRUN = shutil.which("torchrun")
 
 

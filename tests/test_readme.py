@@ -7,6 +7,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the README's launch command
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

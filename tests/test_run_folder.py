@@ -26,6 +26,8 @@ from vqcausal.runs import CheckpointError, latest_checkpoint, metric_records
 from vqcausal.train.checkpoint import run_lock
 from vqcausal.train.run import main as train
 
+pytestmark = pytest.mark.slow  # trains in subprocesses and signals them
+
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 LONG = ["--set", "train.stage1_steps=100000"]  # runs until the test stops it

@@ -22,6 +22,8 @@ from vqcausal.sweep.cells import cell_state
 from vqcausal.sweep.plan import plan
 from vqcausal.sweep.tune import main as tune
 
+pytestmark = pytest.mark.slow  # sweeps and tuning on a local Ray
+
 ROOT = Path(__file__).resolve().parent.parent
 
 EVALUATE_FAST = ("--fast", "--pairs", "256", "--no-disentanglement")

@@ -14,6 +14,8 @@ from vqcausal.runs import metric_records
 from vqcausal.train.run import main as train
 from vqcausal.train.trackers import flatten, hyperparameters, installed_trackers, known_trackers
 
+pytestmark = pytest.mark.slow  # trains a run per tracker
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ["train.stage1_steps=20", "train.stage2_steps=20", "train.eval_every=20"]
 STEPS += ["train.log_every=10", "train.cache_pairs=64", "train.eval_pairs=16"]
