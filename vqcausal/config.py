@@ -121,6 +121,10 @@ class TrainConfig:
     # stage 2 also trains on every cached pair reversed, (x', inverse(a), x): each action undoes
     # its opposite, so a rare action learns from its opposite's pairs as well
     reverse_pairs: bool = True
+    # stage 2 draws each action (times its balanced share) in proportion to its running
+    # training loss relative to the mean, to this power (vqcausal.train.focus): the steps go
+    # to the actions still wrong (shape, scale) rather than those learned (hues); 0 = off
+    action_focus: float = 0.0
     # processes rendering training images ahead of the loop; -1: none on a CPU (they would
     # compete with the model for the cores), up to 8 per process on an accelerator
     data_workers: int = -1
@@ -162,6 +166,8 @@ class TrainConfig:
         for name in positive + ("checkpoint_every", "keep_checkpoints", "eval_pairs"):
             if getattr(self, name) < 1:
                 raise VQCausalError(f"train.{name} must be >= 1")
+        if self.action_focus < 0:
+            raise VQCausalError("train.action_focus must be >= 0 (0: off)")
         if self.data_workers < -1:
             raise VQCausalError("train.data_workers must be >= 0, or -1 for automatic")
         if self.stage1_steps < 0 or self.stage2_steps < 0 or self.cache_pairs < 1:

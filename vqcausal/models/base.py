@@ -26,6 +26,9 @@ from vqcausal.models.transition import TransitionModelConfig
 
 RETRIEVAL_METHODS = ("synthesis", "classifier")
 LATENTS = ("vq", "gaussian", "ladder", "scm")
+#: key of the stage-2 objective's per-pair training loss, shape (B,), detached: how wrong the
+#: model still is on each pair of the batch (``train.action_focus`` reads it; not a loss term)
+PAIR_LOSS = "pair_loss"
 
 
 @dataclass
@@ -112,7 +115,8 @@ class CausalImageModel(nn.Module, ABC):
 
     @abstractmethod
     def stage2_objective(self) -> nn.Module:
-        """The same for stage 2 (on cached latents of pairs)."""
+        """The same for stage 2 (on cached latents of pairs); its terms also hold
+        ``PAIR_LOSS``, the per-pair loss of the batch (detached)."""
 
     @abstractmethod
     def stage1_modules(self) -> list[nn.Module]:

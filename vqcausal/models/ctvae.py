@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from vqcausal.models.autoencoder import Decoder, Encoder
-from vqcausal.models.base import CausalImageModel, ModelArgs
+from vqcausal.models.base import PAIR_LOSS, CausalImageModel, ModelArgs
 from vqcausal.models.quantizer import CodebookLookup, Quantizer, QuantizerOutput, code_usage
 from vqcausal.models.retrieval import ActionClassifier
 from vqcausal.models.transition import CausalTransition
@@ -50,6 +50,7 @@ class TransitionObjective(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict, dict[str, float]]:
         codes, actions, codes_next = batch["latents"], batch["actions"], batch["latents_next"]
         terms = dict(self.transition.losses(codes, actions, codes_next))
+        terms[PAIR_LOSS] = terms.pop("pair_code")
         terms["classifier"] = F.cross_entropy(self.classifier(codes, codes_next), actions)
         terms["total"] = terms["total"] + terms["classifier"]
         if self.w_cycle > 0 or self.w_counterfactuals > 0:

@@ -347,7 +347,8 @@ class CausalTransition(nn.Module):
         The true action's slot gives the code CE, the no-op slot the identity CE, and the
         real slots (all A, or ``train_slots`` of them: :meth:`training_slots`) the
         analysis-by-synthesis retrieval CE. ``acyclic`` is only computed when
-        ``w_acyclic > 0`` (else 0). ``retrieval_accuracy`` is a detached metric, not in ``total``.
+        ``w_acyclic > 0`` (else 0). ``retrieval_accuracy`` is a detached metric, not in ``total``;
+        ``pair_code`` the code CE of each pair (B,), detached.
         """
         cfg = self.config
         b = codes.shape[0]
@@ -362,7 +363,8 @@ class CausalTransition(nn.Module):
             rearrange(logits[:, :, 0], "b n k -> b k n"), codes_next, reduction="none"
         )
         weight = 1 + cfg.w_changed * changed if weigh_changed else torch.ones_like(changed)
-        code = (weight * per_variable).sum() / weight.sum()
+        weighted = weight * per_variable
+        code = weighted.sum() / weight.sum()
         identity = F.cross_entropy(rearrange(logits[:, :, -1], "b n k -> b k n"), codes)
         scores = _log_likelihood(logits[:, :, :-1], codes_next)
         first = torch.zeros_like(actions)  # the true action's column
@@ -392,6 +394,7 @@ class CausalTransition(nn.Module):
             "acyclic": acyclic,
             "retrieval_accuracy": accuracy,
             "total": total,
+            "pair_code": (weighted.sum(1) / weight.sum(1)).detach(),
         }
 
 

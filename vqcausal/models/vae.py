@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from vqcausal.models.autoencoder import Decoder, Encoder
-from vqcausal.models.base import CausalImageModel, ModelArgs
+from vqcausal.models.base import PAIR_LOSS, CausalImageModel, ModelArgs
 from vqcausal.models.latent import ActionShift, ContinuousLatent, PairClassifier
 
 
@@ -68,13 +68,19 @@ class ActionObjective(nn.Module):
 
     def forward(self, batch: dict) -> tuple[dict, dict[str, float]]:
         z, actions, z_next = batch["latents"], batch["actions"], batch["latents_next"]
-        terms = {"classifier": F.cross_entropy(self.classifier(z, z_next), actions)}
+        per_pair = F.cross_entropy(self.classifier(z, z_next), actions, reduction="none")
+        terms = {"classifier": per_pair.mean()}
         total = terms["classifier"]
         if self.uses_shift:
-            terms["shift"] = (self.shift(z, actions) - z_next).pow(2).sum(-1).mean()
-            terms["retrieval"] = F.cross_entropy(shift_scores(self.shift, z, z_next), actions)
+            shift = (self.shift(z, actions) - z_next).pow(2).sum(-1)
+            retrieval = F.cross_entropy(
+                shift_scores(self.shift, z, z_next), actions, reduction="none"
+            )
+            terms["shift"], terms["retrieval"] = shift.mean(), retrieval.mean()
             total = total + terms["shift"] + terms["retrieval"]
+            per_pair = per_pair + shift + retrieval
         terms["total"] = total
+        terms[PAIR_LOSS] = per_pair.detach()
         return terms, {}
 
 

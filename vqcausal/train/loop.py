@@ -26,7 +26,7 @@ from vqcausal.config import Config, to_dict
 from vqcausal.data.source import ConceptScaler, GroundTruthSource, to_float
 from vqcausal.data.transitions import Transitions, TransitionSampler
 from vqcausal.errors import VQCausalError
-from vqcausal.models.base import CausalImageModel
+from vqcausal.models.base import PAIR_LOSS, CausalImageModel
 from vqcausal.progress import Progress
 from vqcausal.runs import (
     CACHE_KEYS,
@@ -40,6 +40,7 @@ from vqcausal.schedule import lr_factor
 from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
 from vqcausal.train.checkpoint import load_train_state, save_checkpoint
 from vqcausal.train.evaluation import EvalSet, held_out_metrics, save_figures
+from vqcausal.train.focus import ActionFocus
 from vqcausal.train.trackers import flatten, log_images, log_summary
 
 
@@ -307,14 +308,24 @@ class Trainer:
         device = self.accelerator.device
 
         weights = pair_weights(cache["actions"], self.train.balance_actions)
+        focus = ActionFocus(self.model.args.num_actions, self.train.action_focus)
 
         def step_fn() -> dict[str, float]:
             size = self.train.stage2_batch_size
-            idx = torch.multinomial(weights, size, replacement=True, generator=self.generator)
+            draw = weights * focus.factors()[cache["actions"]] if focus.strength else weights
+            idx = torch.multinomial(draw, size, replacement=True, generator=self.generator)
             batch = {k: v[idx].to(device) for k, v in cache.items()}
             with self.accelerator.autocast():
                 terms, stats = objective(batch)
+            pair_loss = terms.pop(PAIR_LOSS)
             self._update(terms["total"], optimizer, objective)
+            if focus.strength:
+                focus.update(batch["actions"], pair_loss)
+                factors = focus.factors()
+                stats = stats | {
+                    "focus_max": factors.max().item(),
+                    "focus_min": factors.min().item(),
+                }
             return {k: v.item() for k, v in terms.items()} | stats
 
         self.train_mode(2)

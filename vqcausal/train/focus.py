@@ -1,0 +1,54 @@
+"""Action focus: stage 2 spends more of its steps on the actions the model still gets wrong.
+
+Balanced sampling trains every action equally often, but actions are not equally hard. On
+shapes3d the transition has a hue step (a colour lookup) nearly right early in stage 2, while a
+shape step (every code of the object redrawn) is still improving when stage 2 ends. With
+``train.action_focus = s > 0`` each action's share of the draws is multiplied by
+``(L_a / mean L) ** s``, clipped to ``[1 / cap, cap]``, where ``L_a`` is a running mean of the
+per-pair *training* loss the stage-2 objective reports for action ``a``
+(:data:`vqcausal.models.base.PAIR_LOSS`). Only training pairs steer it, never held-out ones.
+
+The running means live in memory: a resumed run starts again from equal shares and has its
+estimates back after a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ActionFocus:
+    """Running per-action loss -> a sampling factor per action (1 for actions not yet seen)."""
+
+    def __init__(
+        self, num_actions: int, strength: float, momentum: float = 0.98, cap: float = 8.0
+    ) -> None:
+        if strength < 0 or not 0 <= momentum < 1 or cap < 1:
+            raise ValueError("need strength >= 0, momentum in [0, 1) and cap >= 1")
+        self.strength, self.momentum, self.cap = strength, momentum, cap
+        self.loss = torch.zeros(num_actions, dtype=torch.float64)
+        self.seen = torch.zeros(num_actions, dtype=torch.bool)
+
+    def update(self, actions: torch.Tensor, pair_loss: torch.Tensor) -> None:
+        """Fold one batch in: each action present moves its running mean toward its batch mean."""
+        n = len(self.loss)
+        actions = actions.detach().cpu()
+        count = torch.bincount(actions, minlength=n).double()
+        total = torch.bincount(actions, weights=pair_loss.detach().cpu().double(), minlength=n)
+        present = count > 0
+        batch_mean = total / count.clamp(min=1)
+        new = present & ~self.seen
+        old = present & self.seen
+        self.loss[new] = batch_mean[new]
+        self.loss[old] = self.momentum * self.loss[old] + (1 - self.momentum) * batch_mean[old]
+        self.seen |= present
+
+    def factors(self) -> torch.Tensor:
+        """(A,) float64: how many times its balanced share each action is drawn."""
+        out = torch.ones_like(self.loss)
+        if self.strength == 0 or not self.seen.any():
+            return out
+        seen = self.loss[self.seen]
+        relative = seen / seen.mean().clamp(min=1e-12)
+        out[self.seen] = relative.clamp(min=1e-12).pow(self.strength).clamp(1 / self.cap, self.cap)
+        return out
