@@ -133,6 +133,7 @@ def test_quantizer_runs_in_fp32_under_autocast() -> None:
     assert torch.equal(out.indices, q(z.bfloat16().float()).indices)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (shutil.which("g++") or shutil.which("c++")), reason="inductor needs a C++ compiler"
 )
@@ -174,6 +175,7 @@ def test_code_usage_known_answers() -> None:
         code_usage(torch.tensor([[n]]), n)
 
 
+@pytest.mark.slow
 def test_tiny_vqvae_learns_toy_images() -> None:
     """400 Adam steps must beat the ignore-the-latent (mean image) baseline, not just the init.
 
@@ -244,6 +246,7 @@ def test_the_inference_lookup_equals_the_library(codebooks: int, cosine: bool) -
         lookup.train()(z)
 
 
+@pytest.mark.slow
 def test_commands_that_only_run_a_model_do_not_import_the_training_library(tmp_path) -> None:
     """``retrieve`` / ``intervene`` start without vector-quantize-pytorch (and the einx /
     torch._dynamo imports it pulls in), and load every tensor they use."""

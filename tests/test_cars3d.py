@@ -64,6 +64,7 @@ def test_a_folder_without_cars_is_one_line(tmp_path):
         Cars3DFolder(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_tiny_model_trains_retrieves_and_evaluates_on_cars3d(tmp_path):
     for number, shade in ((1, 40), (2, 90), (3, 200)):
         write_car(tmp_path / "cars", number, shade)

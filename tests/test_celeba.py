@@ -217,6 +217,7 @@ def test_unknown_attributes_and_damaged_photos_are_one_line(tmp_path):
         CelebAFolder(tmp_path).load_rows(torch.tensor([0]))
 
 
+@pytest.mark.slow
 def test_a_tiny_model_trains_retrieves_and_evaluates_on_celeba(tmp_path):
     write_celeba(tmp_path / "celeba")  # torchvision's layout: the files in celeba/
     source = CelebAFolder(tmp_path, image_size=32)
@@ -231,6 +232,7 @@ def test_a_tiny_model_trains_retrieves_and_evaluates_on_celeba(tmp_path):
     assert np.isfinite(counterfactual["psnr_unchanged"])
 
 
+@pytest.mark.slow
 def test_scm_trains_on_celeba_with_the_four_concept_graph(tmp_path):
     from vqcausal.cli import main as cli
     from vqcausal.train.run import main as train

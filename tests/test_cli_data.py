@@ -93,6 +93,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_console_script_exit_status(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vqcausal.cli", "data", "info", "--dataset", "nope"],

@@ -330,6 +330,7 @@ def test_every_latent_gets_every_section(latent, overrides, evaluated, tmp_path)
     assert {p.name for p in out.glob("*.png")} >= FIGURES
 
 
+@pytest.mark.slow
 def test_scm_on_the_pendulum_gets_a_structural_hamming_distance(tmp_path):
     pendulum = [
         'data.dataset="pendulum"',

@@ -123,6 +123,7 @@ def test_a_real_size_file_is_read_in_bounded_memory(tmp_path):
     assert after - before < 100, f"peak RSS grew {after - before:.0f} MB (from {before:.0f} MB)"
 
 
+@pytest.mark.slow
 def test_a_tiny_model_trains_retrieves_and_evaluates_on_mpi3d(tmp_path, small_grid):
     images = grid_images(small_grid)
     images[:, 8:40, 8:40, :] = np.arange(len(images))[:, None, None, None] % 200 + 40

@@ -59,6 +59,7 @@ def test_bad_unlabelled_factors_are_one_line(hidden, message):
         load_source(DataConfig(dataset="toy", unlabelled=hidden))
 
 
+@pytest.mark.slow
 def test_a_run_with_unlabelled_factors_evaluates_on_the_labelled_ones(tmp_path):
     from vqcausal.cli import main as cli
     from vqcausal.train.run import main as train

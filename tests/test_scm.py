@@ -263,6 +263,7 @@ def test_actions_intervene_and_retrieval():
     assert scores.argmax(-1).tolist() == [2, 3, 0, 5]
 
 
+@pytest.mark.slow
 def test_recovers_chain_graph_on_synthetic_linear_data():
     """0 -> 1 (1.5), 1 -> 2 (-1.2) from labels and a fixed linear mixing into 16 features.
 
@@ -345,6 +346,7 @@ def test_invariance_loss_known_answers():
     assert model.pair_losses(labels, None) == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", [1, 3])
 def test_pendulum_graph_from_interventional_label_pairs(stride: int):
     """Structure learning on the pendulum's labels alone (no images; after the fix of the

@@ -115,6 +115,7 @@ def test_an_empty_or_missing_folder_is_one_line(tmp_path):
         SmallNORBFolder(tmp_path / "nope")
 
 
+@pytest.mark.slow
 def test_a_tiny_model_trains_retrieves_and_evaluates_on_smallnorb(tmp_path):
     data = tmp_path / "norb"
     data.mkdir()

@@ -97,6 +97,7 @@ def test_run_folder_holds_config_checkpoint_metrics_figures(trained_run):
     assert stage1 and all(0 < r["usage"] <= 1 and r["perplexity"] >= 1 for r in stage1)
 
 
+@pytest.mark.slow
 def test_resume_continues_step_count_and_loss_curve(tmp_path):
     straight, staged, extended = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     base = ["--config", "configs/smoke.toml", *sum((["--set", s] for s in TINY), [])]
@@ -121,6 +122,7 @@ def test_resume_continues_step_count_and_loss_curve(tmp_path):
     assert losses(folder) == reference
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 def test_rendering_in_loader_workers_trains_the_same_model(tmp_path):
     """Workers only move the rendering: the loss curve is the in-process one, bit for bit."""
@@ -138,6 +140,7 @@ def test_rendering_in_loader_workers_trains_the_same_model(tmp_path):
     assert curves[0] == curves[1] and len(curves[0]) == 40
 
 
+@pytest.mark.slow
 def test_compiled_channels_last_training_follows_the_eager_curve(tmp_path):
     """train.compile wraps the training step in torch.compile (aot_eager: the same kernels,
     traced, so it compiles fast) and channels_last reorders memory: neither may change what is

@@ -245,6 +245,7 @@ def toy_pairs(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,
     return codes, actions, codes_next
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options", [{}, {"train_slots": 2, "w_changed": 2.0}], ids=["all-slots", "two-slots-weighted"]
 )
@@ -308,6 +309,7 @@ def _train_without_action_1(model: CausalTransition, steps: int) -> None:
         opt.step()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("w_cycle", [0.0, 1.0])
 def test_back_translation_teaches_an_action_never_paired(w_cycle: float) -> None:
     """Action 1 has no training pair; back-translation learns it from action 0's
