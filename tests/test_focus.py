@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
+from conftest import TOY_TINY, run_folder
 
-from tests.conftest import TOY_TINY, run_folder
 from vqcausal.config import load_config
 from vqcausal.models.base import PAIR_LOSS, ModelArgs
 from vqcausal.models.build import build_model
