@@ -84,6 +84,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "default with constant learning rates (the default before train.lr_schedule = wsd)",
         ('train.lr_schedule="constant"',),
     ),
+    "action-focus": (
+        "default with stage-2 actions drawn in proportion to (their running training loss / "
+        "the mean) ** 2 (train.action_focus = 2; the lever for shape actions)",
+        ("train.action_focus=2",),
+    ),
 }
 
 GRID_PAIRS = 512  # held-out pairs drawn for the comparison grid (one per action is shown)
