@@ -55,7 +55,7 @@ from vqcausal.sweep.spec import SIZES, SweepError
 
 #: name -> (what it is, overrides on the dataset's config), in the order of the table:
 #: ``before`` and ``transition-training`` build up to ``default`` (the config as it is); each
-#: variant after ``default`` takes one of its changes back.
+#: variant after ``default`` changes one thing in it.
 BEFORE = (
     'train.lr_schedule="constant"',
     "train.stage2_steps=3000",
@@ -63,7 +63,6 @@ BEFORE = (
     "model.transition.w_changed=0.0",
     "model.transition.update_expansion=1",
     "model.classifier_layers=0",
-    "train.action_focus=0",
 )
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "before": (
@@ -83,13 +82,14 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "default": ("configs/<dataset>.toml as it is", ()),
     "constant-lr": (
-        "no-focus with constant learning rates (the default before train.lr_schedule = wsd)",
-        ('train.lr_schedule="constant"', "train.action_focus=0"),
+        "default with constant learning rates (the default before train.lr_schedule = wsd)",
+        ('train.lr_schedule="constant"',),
     ),
-    "no-focus": (
-        "default with every action drawn equally often in stage 2 (the default before "
-        "train.action_focus = 2)",
-        ("train.action_focus=0",),
+    "action-focus": (
+        "default with stage-2 actions drawn in proportion to (their running training loss / "
+        "the mean) ** 2 (train.action_focus = 2: shape's lever on balanced data, not the "
+        "default because it draws a rare, memorised action less)",
+        ("train.action_focus=2",),
     ),
 }
 
