@@ -54,3 +54,14 @@ def test_two_variants_give_a_table_and_a_comparison_grid(tmp_path, capsys):
     assert study.main(argv) == 0
     assert "skipped" in capsys.readouterr().out
     assert study.main([*argv, "--variants", "after"]) == 2
+
+
+def test_without_variants_the_study_runs_before_and_default_and_every_variant_is_valid():
+    study = load_study()
+    assert study.build_parser().parse_args([]).variants == ["before", "default"]
+    for name, (_, overrides) in study.VARIANTS.items():
+        config = load_config(Path(__file__).parent.parent / "configs" / "shapes3d.toml", [*overrides])
+        if name == "action-focus":
+            assert config.train.action_focus == 2.0
+        if name == "default":
+            assert config.train.action_focus == 0.0 and config.train.lr_schedule == "wsd"
