@@ -59,8 +59,9 @@ def test_two_variants_give_a_table_and_a_comparison_grid(tmp_path, capsys):
 def test_without_variants_the_study_runs_before_and_default_and_every_variant_is_valid():
     study = load_study()
     assert study.build_parser().parse_args([]).variants == ["before", "default"]
+    shapes3d = Path(__file__).resolve().parent.parent / "configs" / "shapes3d.toml"
     for name, (_, overrides) in study.VARIANTS.items():
-        config = load_config(Path(__file__).parent.parent / "configs" / "shapes3d.toml", [*overrides])
+        config = load_config(shapes3d, [*overrides])
         if name == "action-focus":
             assert config.train.action_focus == 2.0
         if name == "default":
