@@ -50,7 +50,7 @@ def test_cpu_plan_is_the_issue_grid_with_the_default_model():
     assert [c.name for c in cells] == [f"{n}-s{s}" for s in (0, 1, 2) for n in per_seed]
     config = resolved(cells[2 * 3])  # vq at rho 100, seed 0
     assert config.model.autoencoder.widths == [32, 64, 128]  # configs/shapes3d.toml
-    assert (config.train.stage1_steps, config.train.stage2_steps) == (3000, 2000)
+    assert (config.train.stage1_steps, config.train.stage2_steps) == (6000, 2000)
     assert config.transitions.imbalance == 100.0 and config.model.latent == "vq"
     held = resolved(cells[9])
     assert (held.transitions.rare_action, held.transitions.rare_examples) == ("object_hue+", 16)
@@ -138,12 +138,13 @@ def test_bad_grids_are_one_line_errors(kwargs, message):
 
 
 # ---- skipping and resuming (no training: the runner is mocked) ----------------------------------
-def fake_checkpoint(run_dir: Path, step: int, finished: bool) -> None:
+def fake_checkpoint(run_dir: Path, step: int, finished: bool, stage1_steps: int = 10) -> None:
     folder = run_dir / "checkpoints" / f"step-{step:07d}"
     folder.mkdir(parents=True, exist_ok=True)
     meta = {
         "step": step,
         "finished": finished,
+        "stage1_steps": stage1_steps,
         "model_args": {"image_shape": [3, 16, 16]},
         "saved_at": f"2026-01-01 00:00:{step % 60:02d}",
     }
@@ -209,11 +210,13 @@ class FakeRunner:
             fake_metrics(run_dir, ["a", "b"], {"a": 1.0, "b": 0.5}, 0.75)
             (run_dir / "eval" / "oracle-toy.json").write_text("{}")
         elif "--resume" in argv:
-            fake_checkpoint(Path(argv[argv.index("--resume") + 1]), 20, finished=True)
+            step = 10 if "--stage" in argv else 20  # --stage 1 stops after stage 1
+            fake_checkpoint(Path(argv[argv.index("--resume") + 1]), step, finished=step == 20)
         else:
             sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
             runs = json.loads(next(s for s in sets if s.startswith("runs=")).split("=", 1)[1])
-            fake_checkpoint(Path(runs) / "run-20260101-000000", 20, finished=True)
+            step = 10 if "--stage" in argv else 20
+            fake_checkpoint(Path(runs) / "run-20260101-000000", step, finished=step == 20)
         return 0
 
     def commands(self, cell: Cell) -> list[str]:
@@ -526,3 +529,91 @@ def test_each_cell_run_is_tagged_for_tracker_dashboards(tmp_path):
         "rho=10",
         "seed=0",
     ]
+
+
+# ---- shared stage 1 -----------------------------------------------------------------------------
+def test_cpu_cells_of_one_latent_and_seed_share_a_stage1_that_differs_only_in_stage2_keys():
+    from vqcausal.train.shared_stage1 import STAGE2_ONLY, flat_config
+
+    cells = planner.plan("cpu", latents=["vq", "gaussian"], seeds=[0, 1])
+    for cell in cells:
+        stage1 = cell.stage1_cell()
+        assert stage1 is not None and stage1.name == f"shapes3d-{cell.latent}-stage1-s{cell.seed}"
+        mine, theirs = (flat_config(resolved(c)) for c in (cell, stage1))
+        differ = {k for k in mine if mine[k] != theirs[k]}
+        assert differ <= STAGE2_ONLY, differ
+        assert theirs["train.stage1_steps"] == 6000 and theirs["transitions.imbalance"] == 1.0
+    assert len({c.stage1_cell() for c in cells}) == 4  # (vq, gaussian) x (seed 0, 1)
+    # values skews the images stage 1 learns from: those cells train their own
+    values = planner.plan("cpu", latents=["vq"], modes=["values"], rhos=[10], seeds=[0])
+    assert values[0].stage1_cell() is None
+    assert all(c.stage1_cell() is None for c in planner.plan("full", seeds=[0]))
+    # the cell file keeps it; one written before shared stage 1 existed reads as none
+    saved = cells[0].to_dict()
+    assert Cell.from_dict(saved) == cells[0]
+    del saved["stage1_overrides"]
+    assert Cell.from_dict(saved).stage1_cell() is None
+
+
+@pytest.fixture
+def shared_toy_cells(monkeypatch) -> list[Cell]:
+    shared = dataclasses.replace(spec.SIZES["smoke"], share_stage1=True)
+    monkeypatch.setitem(spec.SIZES, "smoke", shared)
+    return planner.plan("smoke", datasets=["toy"], latents=["vq", "gaussian"], rhos=[1, 10])
+
+
+def test_a_shared_stage1_is_trained_once_and_copied_into_each_cell(tmp_path, shared_toy_cells):
+    runner = FakeRunner()
+    outcomes = bring_to_done(shared_toy_cells, tmp_path, runner)
+    assert [o.status for o in outcomes] == ["done"] * 4
+    for latent in ("vq", "gaussian"):
+        stage1 = Cell.from_dict(
+            json.loads((tmp_path / f"toy-{latent}-stage1-s0/cell.json").read_text())
+        )
+        assert runner.commands(stage1) == ["train"]  # once for both of its cells
+        (argv,) = [a for a, _ in runner.calls if stage1.name in " ".join(a)]
+        assert argv[-2:] == ["--stage", "1"] and "transitions.imbalance=10.0" not in argv
+    for cell in shared_toy_cells:
+        assert runner.commands(cell) == ["train", "evaluate"]
+        argv = next(a for a, _ in runner.calls if "--config" in a and cell.name in " ".join(a))
+        copy = Path(argv[argv.index("--stage1-from") + 1])
+        assert copy == tmp_path / cell.name / cell_folders.STAGE1_COPY
+        assert (copy / "checkpoints" / "latest").read_text() == "step-0000010"
+        assert (copy / "checkpoints" / "step-0000010" / "meta.json").is_file()
+    # the table has the four cells, not the stage-1 runs
+    for cell in shared_toy_cells:
+        run_dir = cell_folders.evaluated_run(tmp_path / cell.name)
+        (run_dir / "config.toml").write_text(config_toml(resolved(cell)))
+    assert sorted(r.latent for r in results.collect(tmp_path)) == ["gaussian"] * 2 + ["vq"] * 2
+    again = FakeRunner()
+    assert [o.status for o in bring_to_done(shared_toy_cells, tmp_path, again)] == ["skipped"] * 4
+    assert again.calls == []
+
+
+def test_an_unfinished_shared_stage1_is_resumed_and_a_failed_one_fails_its_cells(
+    tmp_path, shared_toy_cells
+):
+    vq_rho1 = shared_toy_cells[0]
+    stage1 = vq_rho1.stage1_cell()
+    fake_checkpoint(tmp_path / stage1.name / "run-1", 5, finished=False)
+    runner = FakeRunner()
+    assert cell_folders.run_cell(vq_rho1, tmp_path, {}, runner).status == "done"
+    assert runner.commands(stage1) == ["resume"]
+    resumed = next(a for a, _ in runner.calls if "--resume" in a)
+    assert resumed[-2:] == ["--stage", "1"]
+
+    failing = FakeRunner(fail_on="stage1")
+    outcome = cell_folders.run_cell(shared_toy_cells[1], tmp_path / "b", {}, failing)
+    assert outcome.status == "failed"
+    assert outcome.message.startswith("shared stage 1 toy-gaussian-stage1-s0 failed (exit 2)")
+    assert "error: something broke" in outcome.message
+    assert runner.commands(shared_toy_cells[1]) == []
+
+
+def test_each_shared_stage1_starts_before_the_cells_that_wait_for_it():
+    cells = planner.plan("cpu", latents=["vq"], seeds=[0, 1], rhos=[1, 100])
+    names = [c.name for c in engine.stage1_first(cells)]
+    assert names[:2] == ["shapes3d-vq-actions-rho1-s0", "shapes3d-vq-actions-rho1-s1"]
+    assert sorted(names) == sorted(c.name for c in cells)
+    plain = planner.plan("smoke")  # nothing shared: the plan's order
+    assert engine.stage1_first(plain) == plain

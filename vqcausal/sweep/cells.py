@@ -206,6 +206,76 @@ def resume_command(run_dir: Path, python: str) -> list[str]:
     return [python, "-m", "vqcausal.train.run", "--resume", str(run_dir)]
 
 
+#: a cell's copy of the stage-1 run it starts from (not a ``run-*`` folder: never evaluated)
+STAGE1_COPY = "stage1"
+STAGE1_LOCK = ".stage1.lock"
+
+
+def stage1_finished(run_dir: Path) -> bool:
+    from vqcausal.runs import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    return ckpt.step >= int(ckpt.meta.get("stage1_steps", 0))
+
+
+def train_stage1(
+    stage1: Cell, sweep_dir: Path, env: dict[str, str], runner: Runner, python: str
+) -> Path:
+    """The shared stage-1 run of ``stage1`` (a ``stage1``-mode cell), trained or resumed
+    (``--stage 1``) if it is not finished yet. Cells that share it take its lock in turn: the
+    first trains it, the others wait for it and find it done."""
+    from filelock import FileLock
+
+    cell_dir = sweep_dir / stage1.name
+    write_cell_file(stage1, cell_dir)
+    log = cell_dir / "train.log"
+    with FileLock(cell_dir / STAGE1_LOCK):
+        run_dir = find_run(cell_dir)
+        if run_dir is not None and stage1_finished(run_dir):
+            return run_dir
+        if run_dir is None:
+            for folder in _run_folders(cell_dir):  # killed before its first checkpoint
+                shutil.rmtree(folder)
+            argv = train_command(stage1, cell_dir, python)
+        else:
+            argv = resume_command(run_dir, python)
+        code = runner([*argv, "--stage", "1"], env, log)
+        run_dir = find_run(cell_dir)
+        if code != 0 or run_dir is None or not stage1_finished(run_dir):
+            detail = f": {_last_error(log)}" if _last_error(log) else ""
+            what = f"shared stage 1 {stage1.name} failed (exit {code})"
+            raise SweepError(f"{what}{detail} [log: {log}]")
+        return run_dir
+
+
+def copy_stage1(run_dir: Path, cell_dir: Path) -> Path:
+    """A copy of a stage-1 run's newest checkpoint, records and figures in the cell folder,
+    so that the cell stays re-runnable from its own folder (``--stage1-from`` reads it)."""
+    from vqcausal.runs import LATEST, latest_checkpoint
+
+    target = cell_dir / STAGE1_COPY
+    if target.is_dir():
+        try:
+            if stage1_finished(target):
+                return target
+        except VQCausalError:
+            pass
+        shutil.rmtree(target)  # an earlier copy cut short
+    partial = cell_dir / f".{STAGE1_COPY}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    ckpt = latest_checkpoint(run_dir)
+    shutil.copytree(ckpt.path, partial / "checkpoints" / ckpt.path.name)
+    write_text_atomic(partial / "checkpoints" / LATEST, ckpt.path.name)
+    for name in ("config.toml", "metrics.jsonl", "figures"):
+        source = run_dir / name
+        if source.is_dir():
+            shutil.copytree(source, partial / name)
+        elif source.is_file():
+            shutil.copyfile(source, partial / name)
+    partial.rename(target)
+    return target
+
+
 def evaluate_command(run_dir: Path, evaluate_args: Sequence[str], python: str) -> list[str]:
     out = run_dir / "eval"
     return [python, "-m", "vqcausal.cli", "evaluate", str(run_dir), "--out", str(out)] + list(
@@ -300,7 +370,15 @@ def run_cell(
     if state.state == "new":
         for folder in _run_folders(cell_dir):  # started, but killed before its 1st checkpoint
             shutil.rmtree(folder)
-        code = runner(train_command(cell, cell_dir, python), env, train_log)
+        argv = train_command(cell, cell_dir, python)
+        stage1 = cell.stage1_cell()
+        if stage1 is not None:
+            try:
+                shared = train_stage1(stage1, sweep_dir, env, runner, python)
+            except SweepError as err:
+                return Outcome(cell, "failed", time.monotonic() - start, str(err))
+            argv += ["--stage1-from", str(copy_stage1(shared, cell_dir))]
+        code = runner(argv, env, train_log)
         run_dir = find_run(cell_dir)
         if code != 0 or run_dir is None:
             return failed("training failed", train_log, code)

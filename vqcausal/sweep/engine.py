@@ -214,6 +214,22 @@ def check_cells(cells: Sequence[Cell], sweep_dir: Path) -> None:
             write_cell_file(cell, sweep_dir / cell.name)  # only checks an existing one
 
 
+def stage1_first(cells: Sequence[Cell]) -> list[Cell]:
+    """The cells in the order to start them: first one cell of each shared stage 1 (it trains
+    that stage 1), then the rest in their order. Cells that share a stage 1 wait for it while
+    the first trains it, so starting two of them side by side would leave a slot idle."""
+    seen: set[Cell] = set()
+    first, rest = [], []
+    for cell in cells:
+        stage1 = cell.stage1_cell()
+        if stage1 is not None and stage1 not in seen:
+            seen.add(stage1)
+            first.append(cell)
+        else:
+            rest.append(cell)
+    return first + rest
+
+
 def run_sweep(
     cells: Sequence[Cell],
     sweep_dir: str | Path,
@@ -245,7 +261,7 @@ def run_sweep(
             gpus = f", {resources.gpus:g} GPU" if resources.gpus else ""
             echo(f"{len(cells)} cells on {where}: {threads}{gpus} each")
             args = (str(sweep_dir), resources.threads, tuple(options.evaluate_args))
-            pending = {task.remote(cell, *args): cell for cell in cells}
+            pending = {task.remote(cell, *args): cell for cell in stage1_first(cells)}
             slots = max(1, int(ray.cluster_resources().get("CPU", 1) // resources.threads))
             try:
                 while pending:

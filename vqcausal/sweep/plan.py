@@ -22,7 +22,9 @@ from vqcausal.sweep.spec import (
     DATASETS,
     DEFAULT_MODE,
     MODES,
+    SHARED_STAGE1_MODES,
     SIZES,
+    STAGE1_MODE,
     SweepError,
 )
 
@@ -49,6 +51,9 @@ class Cell:
     config: str  # base config, a file under configs/ (or an absolute path)
     overrides: tuple[str, ...]
     variant: str = ""
+    #: the overrides of the stage-1 run this cell shares with its (dataset, latent, seed)
+    #: siblings (``SizeSpec.share_stage1``); empty: the cell trains its own stage 1
+    stage1_overrides: tuple[str, ...] = ()
 
     @property
     def level_key(self) -> str:
@@ -57,8 +62,8 @@ class Cell:
     @property
     def name(self) -> str:
         prefix = f"{self.variant}-" if self.variant else ""
-        if self.mode == DEFAULT_MODE:
-            return f"{prefix}{self.dataset}-{self.latent}-{DEFAULT_MODE}-s{self.seed}"
+        if self.mode in (DEFAULT_MODE, STAGE1_MODE):
+            return f"{prefix}{self.dataset}-{self.latent}-{self.mode}-s{self.seed}"
         level = f"{self.level_key}{level_text(self.level)}"
         return f"{prefix}{self.dataset}-{self.latent}-{self.mode}-{level}-s{self.seed}"
 
@@ -67,9 +72,25 @@ class Cell:
         path = Path(self.config)
         return path if path.is_absolute() else CONFIG_DIR / path
 
+    def stage1_cell(self) -> Cell | None:
+        """The cell that trains the stage 1 this cell starts from (None: it trains its own)."""
+        if not self.stage1_overrides:
+            return None
+        return Cell(
+            self.dataset,
+            self.latent,
+            STAGE1_MODE,
+            0.0,
+            self.seed,
+            self.config,
+            self.stage1_overrides,
+            self.variant,
+        )
+
     def tags(self, sweep: str) -> list[str]:
         """Tracker labels of the cell's run, so a dashboard groups a sweep's runs."""
-        level = f"{self.level_key}={level_text(self.level)}" if self.mode != DEFAULT_MODE else ""
+        plain = self.mode in (DEFAULT_MODE, STAGE1_MODE)
+        level = "" if plain else f"{self.level_key}={level_text(self.level)}"
         tags = [f"sweep={sweep}", f"dataset={self.dataset}", f"latent={self.latent}"]
         tags += [f"mode={self.mode}", *([level] if level else []), f"seed={self.seed}"]
         return tags + ([f"variant={self.variant}"] if self.variant else [])
@@ -77,6 +98,7 @@ class Cell:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["overrides"] = list(self.overrides)
+        data["stage1_overrides"] = list(self.stage1_overrides)
         data["name"] = self.name
         return data
 
@@ -92,6 +114,7 @@ class Cell:
                 config=str(data["config"]),
                 overrides=tuple(str(o) for o in data["overrides"]),
                 variant=str(data.get("variant", "")),
+                stage1_overrides=tuple(str(o) for o in data.get("stage1_overrides", ())),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise SweepError(f"damaged cell description ({err})") from None
@@ -179,17 +202,28 @@ def make_cell(
     held_out_action: str | None = None,
 ) -> Cell:
     """One cell: size settings, then mode, latent and seed, then the user's overrides (last,
-    so they win; overriding the latent or seed there would make the name lie)."""
+    so they win; overriding the latent or seed there would make the name lie).
+
+    Where the size shares stage 1 and the mode leaves the images alone (``actions``,
+    ``held_out``: stage 1 never reads an action), the cell also names the stage-1 run it
+    starts from: the same settings without the mode's."""
     spec = DATASETS[dataset]
-    sets = [
-        *SIZES[size].overrides,
-        *mode_overrides(mode, level, held_out_action or spec.held_out_action),
-        # what a latent takes from the data (scm: its concepts) the run fills in itself
-        f"model.latent={json.dumps(latent)}",
-        f"seed={int(seed)}",
-        *overrides,
-    ]
-    return Cell(dataset, latent, mode, float(level), int(seed), spec.config, tuple(sets))
+    # what a latent takes from the data (scm: its concepts) the run fills in itself
+    common = [f"model.latent={json.dumps(latent)}", f"seed={int(seed)}", *overrides]
+    mode_sets = mode_overrides(mode, level, held_out_action or spec.held_out_action)
+    sets = [*SIZES[size].overrides, *mode_sets, *common]
+    shared = SIZES[size].share_stage1 and mode in SHARED_STAGE1_MODES
+    stage1 = (*SIZES[size].overrides, *common) if shared else ()
+    return Cell(
+        dataset,
+        latent,
+        mode,
+        float(level),
+        int(seed),
+        spec.config,
+        tuple(sets),
+        stage1_overrides=tuple(stage1),
+    )
 
 
 def plan(
@@ -278,6 +312,8 @@ def plan(
 
     for cell in cells:  # an unknown key or wrong type fails here, not in every cell's training
         load_config(cell.config_path, list(cell.overrides))
+        if cell.stage1_overrides:
+            load_config(cell.config_path, list(cell.stage1_overrides))
     return cells
 
 

@@ -3,10 +3,14 @@
     accelerate launch --config_file configs/accelerate/cpu.yaml train.py --config FILE.toml
     python train.py --set train.stage1_steps=500 --stage 1
     python train.py --resume runs/shapes3d-20261123-101500
+    python train.py --set transitions.imbalance=100 --stage1-from runs/shapes3d-20261123-101500
 
 A new run gets a fresh folder under ``runs/`` holding ``config.toml``, ``checkpoints/``,
 ``metrics.jsonl``, ``figures/`` and ``summary.json``. ``--resume`` continues the newest
 checkpoint of a run with the run's own config (``--set train.*`` may extend the steps).
+``--stage1-from`` starts a new run from another run's finished stage 1 (trained with
+``--stage 1``), so that runs differing only in stage-2 settings share one autoencoder
+(:mod:`vqcausal.train.shared_stage1`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from vqcausal.runs import (
     resume_hint,
 )
 from vqcausal.train.checkpoint import DISK_FULL, new_run_dir, run_lock
+from vqcausal.train.shared_stage1 import adopt_stage1, stage1_checkpoint
 
 STAGES = {"all": (1, 2), "1": (1,), "2": (2,)}
 
@@ -45,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(parser)
     parser.add_argument("--stage", choices=list(STAGES), default="all", help="which stage(s)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
+    parser.add_argument(
+        "--stage1-from",
+        dest="stage1_from",
+        metavar="RUN_DIR",
+        help="start a new run from this run's finished stage 1 (only stage-2 settings differ)",
+    )
     return parser
 
 
@@ -124,6 +135,8 @@ def _build(args: argparse.Namespace):
         model_args = ModelArgs([c, h, w], source.space.action_names, config.model, targets, steps)
     else:
         model_args = model_args_from_meta(resume.meta)
+    if args.stage1_from:  # continues from another run's stage 1 as a resumed run would
+        resume = stage1_checkpoint(args.stage1_from, config, model_args)
     torch.manual_seed(config.seed)
     model = build_model(model_args)
     if resume is not None:
@@ -137,11 +150,13 @@ def _build(args: argparse.Namespace):
         log_with=trackers or None,
         project_dir=config.runs,  # the run folder once it exists (trackers.start)
     )
-    if resume is not None:
+    if args.resume:
         run_dir = Path(args.resume)  # latest_checkpoint checked that the checkpoint is inside
     elif accelerator.is_main_process:
         run_dir = new_run_dir(config)
         write_text_atomic(run_dir / "config.toml", config_toml(config))
+        if resume is not None:
+            adopt_stage1(resume, Path(args.stage1_from), run_dir)
     else:
         run_dir = None
     if accelerator.num_processes > 1:
@@ -226,6 +241,8 @@ def _resume_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
 
 
 def _train(args: argparse.Namespace) -> None:
+    if args.resume and args.stage1_from:  # before the resume takes the run's lock
+        raise ConfigError("--resume continues a run, --stage1-from starts one: give one of them")
     with _resume_lock(args):
         _train_locked(args)
 
@@ -234,7 +251,7 @@ def _train_locked(args: argparse.Namespace) -> None:
     from vqcausal.train.loop import Trainer
 
     config, source, model, run_dir, accelerator, resume = _build(args)
-    new_run = accelerator.is_main_process and resume is None
+    new_run = accelerator.is_main_process and not args.resume
     lock = run_lock(run_dir) if new_run else contextlib.nullcontext()
     with (
         lock,

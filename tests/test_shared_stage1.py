@@ -1,0 +1,95 @@
+"""``train.py --stage1-from RUN``: a new run continues from another run's finished stage 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_folder
+from test_training import TINY, losses
+
+from vqcausal.config import load_config
+from vqcausal.runs import latest_checkpoint
+from vqcausal.train.run import main as train
+from vqcausal.train.shared_stage1 import PROVENANCE
+
+BASE = ["--config", "configs/smoke.toml", *sum((["--set", s] for s in TINY), [])]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("stage1")
+    assert train([*BASE, "--set", f'runs="{runs}"', "--stage", "1"]) == 0
+    return run_folder(runs)
+
+
+@pytest.mark.slow
+def test_the_same_config_trains_the_uninterrupted_run_bit_for_bit(stage1_run, tmp_path):
+    straight, shared = tmp_path / "straight", tmp_path / "shared"
+    assert train([*BASE, "--set", f'runs="{straight}"']) == 0
+    before = snapshot(stage1_run)
+    assert train([*BASE, "--set", f'runs="{shared}"', "--stage1-from", str(stage1_run)]) == 0
+    reference, folder = losses(run_folder(straight)), run_folder(shared)
+    assert sorted(reference) == list(range(1, 41))
+    assert losses(folder) == reference  # stage-1 records copied, stage 2 the same to the bit
+    assert latest_checkpoint(folder).finished and latest_checkpoint(folder).step == 40
+    provenance = json.loads((folder / PROVENANCE).read_text())
+    assert provenance["run"] == str(stage1_run.resolve()) and provenance["step"] == 20
+    assert snapshot(stage1_run) == before  # the stage-1 run is only read
+
+
+@pytest.mark.slow
+def test_a_stage2_setting_may_differ_and_stage2_trains_on_it(stage1_run, tmp_path):
+    runs = tmp_path / "rho4"
+    rho = ["--set", "transitions.imbalance=4.0", "--set", "train.stage2_steps=10"]
+    assert train([*BASE, *rho, "--set", f'runs="{runs}"', "--stage1-from", str(stage1_run)]) == 0
+    folder = run_folder(runs)
+    assert load_config(folder / "config.toml").transitions.imbalance == 4.0
+    assert latest_checkpoint(folder).step == 30
+    curve, stage1 = losses(folder), losses(stage1_run)
+    assert {s: v for s, v in curve.items() if s <= 20} == stage1
+    assert sorted(curve) == list(range(1, 31))
+    assert {p.name for p in (stage1_run / "figures").iterdir()} <= {
+        p.name for p in (folder / "figures").iterdir()
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "model.quantizer.codebook_size=16"], "model.quantizer.codebook_size"),
+        (["--set", "train.stage1_steps=30"], "train.stage1_steps"),
+        (["--set", "seed=3"], "seed"),
+        (["--set", "transitions.value_imbalance=10.0"], "transitions.value_imbalance"),
+        (["--resume", "."], "give one of them"),
+    ],
+)
+def test_a_stage1_setting_that_differs_is_one_line_and_no_folder(
+    stage1_run, tmp_path, capsys, extra, message
+):
+    runs = tmp_path / "refused"
+    argv = [*BASE, "--set", f'runs="{runs}"', "--stage1-from", str(stage1_run), *extra]
+    if extra[0] == "--resume":
+        argv = ["--resume", str(stage1_run), "--stage1-from", str(stage1_run)]
+    capsys.readouterr()
+    assert train(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not runs.exists()
+
+
+def test_a_run_past_or_short_of_its_stage1_is_refused(trained_run, tmp_path, capsys):
+    """A finished run's newest checkpoint holds stage-2 weights: it cannot lend its stage 1."""
+    config = load_config(trained_run / "config.toml")
+    steps = [f"train.stage1_steps={config.train.stage1_steps}"]
+    argv = ["--config", "configs/smoke.toml", "--set", f'runs="{tmp_path}"', "--set", steps[0]]
+    capsys.readouterr()
+    assert train([*argv, "--stage1-from", str(trained_run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has gone past its stage 1" in err[0], err
+    assert not list(tmp_path.iterdir())
