@@ -148,3 +148,34 @@ def test_stage2_objective_adds_the_counterfactual_terms_it_is_asked_for(options,
     assert torch.allclose(base, extra + sparsity, atol=1e-5)
     terms["total"].backward()
     assert all(p.grad is not None for p in model.classifier.parameters())
+
+
+def test_classifier_codebook_reads_frozen_code_vectors_and_their_change():
+    """With a codebook the classifier sees what each code decodes from: two codes whose
+    vectors are equal look alike to it even before any training, and the vectors are a
+    buffer (saved, never trained)."""
+    from vqcausal.models.retrieval import ActionClassifier
+
+    torch.manual_seed(0)
+    plain = ActionClassifier(4, 8, 1, 3, hidden=16)
+    with pytest.raises(ValueError, match="reads no codebook"):
+        plain.set_codebook(torch.zeros(8, 5))
+    head = ActionClassifier(4, 8, 1, 3, hidden=16, feature_dim=5)
+    vectors = torch.randn(8, 5)
+    head.set_codebook(vectors)
+    assert "codebook" in head.state_dict() and "codebook" not in dict(head.named_parameters())
+    codes = torch.tensor([[0, 1, 2, 3]])
+    moved = torch.tensor([[0, 1, 2, 4]])
+    logits = head(codes, moved)
+    assert logits.shape == (1, 3)
+    logits.sum().backward()
+    assert head.feature_proj[1].weight.grad.abs().sum() > 0
+    # the learned code embeddings zeroed, only the vectors tell codes apart
+    with torch.no_grad():
+        head.code_embed.weight.zero_()
+        head.next_embed.weight.zero_()
+    same = torch.tensor([[0, 1, 2, 5]])
+    head.set_codebook(torch.cat([vectors[:5], vectors[4:5], vectors[6:]]))  # code 5 == code 4
+    assert torch.allclose(head(codes, moved), head(codes, same))
+    head.set_codebook(vectors)
+    assert not torch.allclose(head(codes, moved), head(codes, same))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_folder
 from test_training import TINY, losses
 
@@ -93,3 +94,26 @@ def test_a_run_past_or_short_of_its_stage1_is_refused(trained_run, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has gone past its stage 1" in err[0], err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_stage2_heads_may_change_and_keep_the_stage1_weights(stage1_run, tmp_path):
+    """A study of a stage-2 lever on one autoencoder: the heads are built from the new config,
+    the stage-1 modules are the stage-1 run's tensors, unchanged by stage 2 (frozen)."""
+    from safetensors.torch import load_file
+
+    from vqcausal.runs import load_model_from_run
+
+    runs = tmp_path / "heads"
+    heads = ["--set", "model.classifier_codebook=true", "--set", "model.classifier_layers=1"]
+    argv = [*BASE, *heads, "--set", f'runs="{runs}"', "--stage1-from", str(stage1_run)]
+    assert train(argv) == 0
+    folder = run_folder(runs)
+    before = load_file(str(latest_checkpoint(stage1_run).path / "model.safetensors"))
+    after = load_file(str(latest_checkpoint(folder).path / "model.safetensors"))
+    stage1 = [k for k in before if k.startswith(("encoder.", "quantizer.", "decoder."))]
+    assert stage1 and all(torch.equal(before[k], after[k]) for k in stage1)
+    assert "classifier.codebook" not in before and "classifier.codebook" in after
+    model, _ = load_model_from_run(folder)
+    assert torch.equal(model.classifier.codebook, model.code_vectors())
+    assert model.classifier.codebook.abs().sum() > 0

@@ -544,6 +544,12 @@ def test_cpu_cells_of_one_latent_and_seed_share_a_stage1_that_differs_only_in_st
         assert differ <= STAGE2_ONLY, differ
         assert theirs["train.stage1_steps"] == 6000 and theirs["transitions.imbalance"] == 1.0
     assert len({c.stage1_cell() for c in cells}) == 4  # (vq, gaussian) x (seed 0, 1)
+    # a sweep of a stage-2 lever shares the plain sweep's stage 1; a stage-1 setting does not
+    lever = planner.plan("cpu", latents=["vq"], seeds=[0], overrides=["train.action_focus=2.0"])
+    assert lever[0].stage1_cell() == cells[0].stage1_cell()
+    assert "train.action_focus=2.0" in lever[0].overrides
+    wider = planner.plan("cpu", latents=["vq"], seeds=[0], overrides=["train.lr=0.001"])
+    assert "train.lr=0.001" in wider[0].stage1_cell().overrides
     # values skews the images stage 1 learns from: those cells train their own
     values = planner.plan("cpu", latents=["vq"], modes=["values"], rhos=[10], seeds=[0])
     assert values[0].stage1_cell() is None

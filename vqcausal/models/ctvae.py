@@ -98,6 +98,7 @@ class CausalVQVAE(CausalImageModel):
             args.num_actions,
             cfg.classifier_hidden,
             cfg.classifier_layers,
+            feature_dim=cfg.autoencoder.embed_dim if cfg.classifier_codebook else 0,
         )
 
     # ---- autoencoder ---------------------------------------------------------------
@@ -154,3 +155,15 @@ class CausalVQVAE(CausalImageModel):
 
     def stage1_modules(self) -> list[nn.Module]:
         return [self.encoder, self.quantizer, self.decoder]
+
+    def before_stage2(self, cache: dict[str, torch.Tensor]) -> None:
+        if self.args.model.classifier_codebook:  # stage 1's codebook, final from here on
+            self.classifier.set_codebook(self.code_vectors())
+
+    @torch.no_grad()
+    def code_vectors(self) -> torch.Tensor:
+        """(codebook_size, D): the vector each code decodes from (one codebook)."""
+        size = self.args.model.quantizer.codebook_size
+        device = next(self.parameters()).device
+        every = torch.arange(size, device=device).view(1, size, 1, 1)
+        return rearrange(self.quantizer.indices_to_features(every), "1 d k 1 -> k d")

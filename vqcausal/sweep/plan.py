@@ -191,6 +191,14 @@ def check_user_overrides(overrides: Sequence[str]) -> None:
             )
 
 
+def stage1_settings(overrides: Sequence[str]) -> list[str]:
+    """The overrides a stage-1 run needs: those of keys that stage 1 reads."""
+    from vqcausal.config import parse_override
+    from vqcausal.train.shared_stage1 import stage2_only
+
+    return [o for o in overrides if not stage2_only(".".join(parse_override(o)[0]))]
+
+
 def make_cell(
     size: str,
     dataset: str,
@@ -213,7 +221,9 @@ def make_cell(
     mode_sets = mode_overrides(mode, level, held_out_action or spec.held_out_action)
     sets = [*SIZES[size].overrides, *mode_sets, *common]
     shared = SIZES[size].share_stage1 and mode in SHARED_STAGE1_MODES
-    stage1 = (*SIZES[size].overrides, *common) if shared else ()
+    # a user's stage-2 settings stay out of the stage-1 run, so sweeps of stage-2 levers can
+    # share one (copy its folder into theirs)
+    stage1 = (*SIZES[size].overrides, *stage1_settings(common)) if shared else ()
     return Cell(
         dataset,
         latent,

@@ -40,7 +40,7 @@ from vqcausal.runs import (
     resume_hint,
 )
 from vqcausal.train.checkpoint import DISK_FULL, new_run_dir, run_lock
-from vqcausal.train.shared_stage1 import adopt_stage1, stage1_checkpoint
+from vqcausal.train.shared_stage1 import adopt_stage1, load_stage1_weights, stage1_checkpoint
 
 STAGES = {"all": (1, 2), "1": (1,), "2": (2,)}
 
@@ -139,7 +139,9 @@ def _build(args: argparse.Namespace):
         resume = stage1_checkpoint(args.stage1_from, config, model_args)
     torch.manual_seed(config.seed)
     model = build_model(model_args)
-    if resume is not None:
+    if args.stage1_from:
+        load_stage1_weights(model, resume)
+    elif resume is not None:
         load_weights(model, resume.path)
 
     from vqcausal.train.trackers import resolve_trackers

@@ -6,12 +6,17 @@ what stage 2 sees (an imbalance sweep's rho or held-out action, a study's stage-
 therefore share one stage 1 instead of training the same autoencoder once per run: a sweep
 then buys a longer stage 1 for the time it spent on repeats.
 
-What may differ is listed below (``STAGE2_ONLY``); everything else of the config must equal the
-stage-1 run's, and the model must be built from the same description, or the start is refused
-in one line. One caveat is stated where it is used: stage 1 renders the images of *pairs*, so
-the action mix of the pairs (``transitions.imbalance``, ``rare_*``) changes which images it saw,
-though not what it learns from (single images of the same training split); the value mix
-(``transitions.value_imbalance``) changes the images themselves and may not differ.
+What may differ is listed below (``STAGE2_ONLY``: stage-2 training, the pairs' action mix, the
+stage-2 heads' settings); everything else of the config must equal the stage-1 run's, and the
+model must be fitted to the same data, or the start is refused in one line. Only the stage-1
+modules' weights are taken over; the stage-2 heads start from the run's own initialisation.
+
+One caveat: stage 1 renders the images of *pairs*, so the pairs' action mix
+(``transitions.imbalance``, ``rare_*``) changes which images it saw, though not what kind (images
+of the same training split): a cell at rho = 100 that starts from
+a uniform-action stage 1 has an autoencoder trained on the uniform stream (at the cpu size's
+3,000 steps, 29.71 against 29.70 dB). The value mix (``transitions.value_imbalance``) changes the
+images themselves and may not differ.
 
 The new run continues from the stage-1 checkpoint as a resumed run would: its step counter,
 its random state (so a run started this way with the stage-1 run's own config trains the very
@@ -26,10 +31,21 @@ import json
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
 from vqcausal.atomic import write_json_atomic, write_text_atomic
 from vqcausal.config import Config, ConfigError, to_dict
-from vqcausal.models.base import ModelArgs
-from vqcausal.runs import Checkpoint, config_from_meta, latest_checkpoint, leaves, metric_records
+from vqcausal.models.base import CausalImageModel, ModelArgs
+from vqcausal.runs import (
+    Checkpoint,
+    CheckpointError,
+    config_from_meta,
+    first_line,
+    latest_checkpoint,
+    leaves,
+    metric_records,
+)
 
 #: config keys a run may change from the run whose stage 1 it starts from: read by stage 2,
 #: evaluation or bookkeeping only (stage 1 reads images, never actions; see the caveat above)
@@ -58,8 +74,18 @@ STAGE2_ONLY = frozenset(
         "train.compile",
         "train.channels_last",
         "train.log_with",
+        # the stage-2 heads: built fresh, only the stage-1 modules' weights are taken over
+        "model.transition.*",
+        "model.classifier_hidden",
+        "model.classifier_layers",
+        "model.classifier_counterfactuals",
+        "model.classifier_codebook",
+        "model.retrieval",
     }
 )
+
+#: what the model takes from the data besides its config: must be the stage-1 run's
+DATA_FITTED = ("image_shape", "action_names", "action_targets", "action_steps")
 
 PROVENANCE = "stage1_from.json"
 
@@ -67,6 +93,35 @@ PROVENANCE = "stage1_from.json"
 def flat_config(config: Config) -> dict[str, object]:
     """``{"section.key": value}`` of a resolved config."""
     return dict(leaves(to_dict(config)))
+
+
+def stage2_only(key: str) -> bool:
+    """Whether a dotted config key may differ from the stage-1 run's (``STAGE2_ONLY``; an
+    entry ``section.*`` covers the section)."""
+    return key in STAGE2_ONLY or any(
+        key.startswith(entry[:-1]) for entry in STAGE2_ONLY if entry.endswith(".*")
+    )
+
+
+def load_stage1_weights(model: CausalImageModel, ckpt: Checkpoint) -> None:
+    """The stage-1 modules' tensors of a checkpoint, strictly; the stage-2 heads keep the
+    initialisation the run's seed gave them (the stage-1 run's own, when their config is the
+    same: stage 1 never updates them)."""
+    stage1 = {id(m) for m in model.stage1_modules()}
+    prefixes = tuple(f"{name}." for name, m in model.named_modules() if id(m) in stage1)
+    wanted = {k for k in model.state_dict() if k.startswith(prefixes)}
+    file = ckpt.path / "model.safetensors"
+    try:
+        tensors = load_file(str(file))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{file}: cannot load weights ({first_line(err)})") from None
+    missing = wanted - tensors.keys()
+    if missing:
+        raise CheckpointError(f"{file}: lacks {len(missing)} stage-1 tensors, e.g. {min(missing)}")
+    try:
+        model.load_state_dict({k: tensors[k] for k in wanted}, strict=False)
+    except RuntimeError as err:
+        raise CheckpointError(f"{file}: stage-1 weights do not fit ({first_line(err)})") from None
 
 
 def stage1_checkpoint(run_dir: str | Path, config: Config, model_args: ModelArgs) -> Checkpoint:
@@ -84,7 +139,7 @@ def stage1_checkpoint(run_dir: str | Path, config: Config, model_args: ModelArgs
     differ = sorted(
         key
         for key in mine.keys() | theirs.keys()
-        if key not in STAGE2_ONLY and mine.get(key) != theirs.get(key)
+        if not stage2_only(key) and mine.get(key) != theirs.get(key)
     )
     if differ:
         key = differ[0]
@@ -93,7 +148,8 @@ def stage1_checkpoint(run_dir: str | Path, config: Config, model_args: ModelArgs
             f"{theirs.get(key)!r}, this run has {mine.get(key)!r} ({len(differ)} stage-1 "
             "setting(s) differ); only stage-2 settings may change"
         )
-    if ckpt.meta.get("model_args") != json.loads(json.dumps(model_args.to_dict())):
+    stored, fitted = ckpt.meta.get("model_args") or {}, json.loads(json.dumps(model_args.to_dict()))
+    if any(stored.get(key) != fitted.get(key) for key in DATA_FITTED):
         raise ConfigError(
             f"--stage1-from {run_dir}: its model was built from another description "
             "(the data it was fitted to differs); train a stage 1 for this run"
