@@ -51,6 +51,8 @@ def test_a_stage2_setting_may_differ_and_stage2_trains_on_it(stage1_run, tmp_pat
     assert train([*BASE, *rho, "--set", f'runs="{runs}"', "--stage1-from", str(stage1_run)]) == 0
     folder = run_folder(runs)
     assert load_config(folder / "config.toml").transitions.imbalance == 4.0
+    steps = [latest_checkpoint(f).meta["model_args"]["action_steps"] for f in (stage1_run, folder)]
+    assert steps[0] == steps[1]  # the stage-1 run's, not re-measured on the rho = 4 mix
     assert latest_checkpoint(folder).step == 30
     curve, stage1 = losses(folder), losses(stage1_run)
     assert {s: v for s, v in curve.items() if s <= 20} == stage1
@@ -117,3 +119,17 @@ def test_stage2_heads_may_change_and_keep_the_stage1_weights(stage1_run, tmp_pat
     model, _ = load_model_from_run(folder)
     assert torch.equal(model.classifier.codebook, model.code_vectors())
     assert model.classifier.codebook.abs().sum() > 0
+
+
+def test_the_new_run_takes_the_stage1_runs_measured_action_steps(stage1_run):
+    """Action steps are measured on a sample of the run's own pairs: another action mix
+    measures them a little differently, which must not make the model another one."""
+    from dataclasses import replace
+
+    from vqcausal.runs import model_args_from_meta
+    from vqcausal.train.shared_stage1 import with_stage1_measurements
+
+    ckpt = latest_checkpoint(stage1_run)
+    stored = model_args_from_meta(ckpt.meta)
+    remeasured = replace(stored, action_steps=[v + 0.01 for v in stored.action_steps])
+    assert with_stage1_measurements(remeasured, ckpt).to_dict() == stored.to_dict()

@@ -40,7 +40,12 @@ from vqcausal.runs import (
     resume_hint,
 )
 from vqcausal.train.checkpoint import DISK_FULL, new_run_dir, run_lock
-from vqcausal.train.shared_stage1 import adopt_stage1, load_stage1_weights, stage1_checkpoint
+from vqcausal.train.shared_stage1 import (
+    adopt_stage1,
+    load_stage1_weights,
+    stage1_checkpoint,
+    with_stage1_measurements,
+)
 
 STAGES = {"all": (1, 2), "1": (1,), "2": (2,)}
 
@@ -137,6 +142,7 @@ def _build(args: argparse.Namespace):
         model_args = model_args_from_meta(resume.meta)
     if args.stage1_from:  # continues from another run's stage 1 as a resumed run would
         resume = stage1_checkpoint(args.stage1_from, config, model_args)
+        model_args = with_stage1_measurements(model_args, resume)
     torch.manual_seed(config.seed)
     model = build_model(model_args)
     if args.stage1_from:

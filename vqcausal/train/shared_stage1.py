@@ -27,6 +27,7 @@ folder is only read; ``stage1_from.json`` in the new run says where its stage 1 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -85,7 +86,11 @@ STAGE2_ONLY = frozenset(
 )
 
 #: what the model takes from the data besides its config: must be the stage-1 run's
-DATA_FITTED = ("image_shape", "action_names", "action_targets", "action_steps")
+DATA_FITTED = ("image_shape", "action_names")
+#: measured on a sample of the run's own training pairs (``action_concept_steps``), so a mix
+#: of actions other than the stage-1 run's measures them a little differently: the new run
+#: takes the stage-1 run's (only an ``scm`` latent reads them)
+MEASURED = ("action_targets", "action_steps")
 
 PROVENANCE = "stage1_from.json"
 
@@ -124,6 +129,12 @@ def load_stage1_weights(model: CausalImageModel, ckpt: Checkpoint) -> None:
         raise CheckpointError(f"{file}: stage-1 weights do not fit ({first_line(err)})") from None
 
 
+def with_stage1_measurements(model_args: ModelArgs, ckpt: Checkpoint) -> ModelArgs:
+    """``model_args`` with the stage-1 run's measured action targets and steps."""
+    stored = ckpt.meta.get("model_args") or {}
+    return dataclasses.replace(model_args, **{key: stored.get(key) for key in MEASURED})
+
+
 def stage1_checkpoint(run_dir: str | Path, config: Config, model_args: ModelArgs) -> Checkpoint:
     """The checkpoint of ``run_dir`` that ends its stage 1, checked against the new run's
     config and model; anything that would make the shared stage 1 another run's is one line."""
@@ -152,7 +163,7 @@ def stage1_checkpoint(run_dir: str | Path, config: Config, model_args: ModelArgs
     if any(stored.get(key) != fitted.get(key) for key in DATA_FITTED):
         raise ConfigError(
             f"--stage1-from {run_dir}: its model was built from another description "
-            "(the data it was fitted to differs); train a stage 1 for this run"
+            "(other image shape or actions); train a stage 1 for this run"
         )
     return ckpt
 
