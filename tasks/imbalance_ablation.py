@@ -7,7 +7,7 @@ Modes: ``actions`` (action frequencies 1 .. 1/rho), ``values`` (every factor's v
 is :mod:`vqcausal.sweep` (cells run as Ray tasks: ``--address`` sends them to a cluster).
 
     python tasks/imbalance_ablation.py --size smoke                  # 2-core CPU: ~14 min
-    python tasks/imbalance_ablation.py --size cpu                    # 2-core CPU: ~8 h
+    python tasks/imbalance_ablation.py --size cpu                    # 2-core CPU: ~5-6 h
     python tasks/imbalance_ablation.py --size full                   # the study, on a GPU
     python tasks/imbalance_ablation.py --size full --modes actions --latents vq gaussian
     python tasks/imbalance_ablation.py --size full --address auto    # on a running Ray cluster
@@ -29,12 +29,17 @@ threads than with one while other processes loaded both cores).
 
 ``cpu`` is the claim at the size a 2-core CPU trains (the README's Rare actions grid):
 shapes3d, ``vq`` against ``gaussian`` and ``ladder``, ``actions`` at rho 1, 10, 100 and
-``held_out`` at k = 16, seeds 0, 1, 2 (36 cells), the default model at half its steps (3000 +
-2000), two cells side by side with one thread each. A ``vq`` cell takes ~25 min that way
-(estimated from its parts: stage 2 measured at 2.5-3 steps/s, ~12 min; evaluation ~2 min with
-its oracle trained; stage 1 ~10 min), a baseline cell about half: some 8 hours for the grid, so
-run it overnight or on a GPU (``--set train.mixed_precision=bf16``), or one axis at a time
-(``--seeds 0 --rhos 1 100``).
+``held_out`` at k = 16, seeds 0, 1, 2 (36 cells), the default model with its full 6000-step
+stage 1 and 2000 stage-2 steps per cell. Stage 1 never reads an action, so the cells of one
+(latent, seed) share one stage-1 run (a ``stage1`` cell folder, trained with ``train.py
+--stage 1`` by the first cell that needs it; the others wait for it and each starts from a
+copy of it with ``train.py --stage1-from``): 9 stage-1 runs instead of 36. Measured two side
+by side at one thread each: a ``vq`` stage 1 takes 20 min, a ``vq`` cell on it ~21 min
+(encoding the 80,000 cached pairs ~3.5 min, stage 2 ~12.5 min, ``vqcausal evaluate`` ~4 min),
+a baseline about half (estimated): some 5 - 6 hours for the grid, so run it overnight or on a
+GPU (``--set train.mixed_precision=bf16``), or one axis at a time (``--seeds 0 --rhos 1 100``).
+The sweep starts one cell of each stage-1 group first, so two slots rarely wait on one stage 1.
+``values`` cells skew the images themselves and train their own stage 1.
 
 Stage 2 of every cell samples its cached pairs balanced by action and also trains on every
 pair reversed (``train.balance_actions``, ``train.reverse_pairs``, both on by default): a

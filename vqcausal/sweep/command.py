@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imbalance_ablation.py", description=__doc__.split("\n\n")[0].strip()
     )
     parser.add_argument(
-        "--size", default="smoke", help="smoke (CPU, minutes) | cpu (2-core CPU, ~8 h) | full (GPU)"
+        "--size", default="smoke", help="smoke (CPU, minutes) | cpu (2-core CPU, ~6 h) | full (GPU)"
     )
     parser.add_argument("--out", help="sweep folder (default: runs/imbalance_ablation-SIZE)")
     add_engine_args(parser)

@@ -103,9 +103,8 @@ SIZES: dict[str, SizeSpec] = {
     # the claim at the size a 2-core CPU trains: the causal model against both baselines at
     # three imbalances and one held-out action, three seeds, the default model with its full
     # stage 1 (6000 steps) trained once per (latent, seed) and shared by that latent's four
-    # cells, and 2000 stage-2 steps each. 36 cells plus 9 stage-1 runs, two side by side: most
-    # of a working day on 2 cores (see the task's docstring for the measured times); a GPU
-    # runs it in about an hour
+    # cells, and 2000 stage-2 steps each. 36 cells plus 9 stage-1 runs, two side by side:
+    # ~6 h on 2 cores (the task's docstring has the measured times); a GPU, about an hour
     "cpu": SizeSpec(
         datasets=("shapes3d",),
         latents=("vq", "gaussian", "ladder"),
