@@ -179,3 +179,22 @@ def test_classifier_codebook_reads_frozen_code_vectors_and_their_change():
     assert torch.allclose(head(codes, moved), head(codes, same))
     head.set_codebook(vectors)
     assert not torch.allclose(head(codes, moved), head(codes, same))
+
+
+@pytest.mark.parametrize("codebooks", [1, 2])
+def test_code_vectors_are_what_each_code_decodes_from(codebooks):
+    """Row offset(variable) + code of ``code_vectors`` is that variable's slice of the
+    quantized feature map, with one codebook or several (each owns a group of channels)."""
+    from einops import rearrange
+
+    from vqcausal.models.variables import codebook_offsets
+
+    model = tiny_model(codebooks).eval()
+    x = torch.rand(2, *model.args.image_shape)
+    codes = model.encode(x)
+    features = model.quantizer.indices_to_features(model.unflatten_codes(codes))
+    per_variable = rearrange(features, "b (c d) h w -> b (h w c) d", c=codebooks)
+    offsets = codebook_offsets(
+        model.args.num_variables, codebooks, model.args.model.quantizer.codebook_size
+    )
+    assert torch.allclose(model.code_vectors()[codes + offsets], per_variable, atol=1e-6)

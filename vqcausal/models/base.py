@@ -16,7 +16,6 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vqcausal.errors import VQCausalError
 from vqcausal.models.autoencoder import AutoencoderConfig
 from vqcausal.models.gaussian import GaussianConfig
 from vqcausal.models.ladder import LadderConfig
@@ -52,16 +51,9 @@ class ModelConfig:
     classifier_counterfactuals: float = 0.0
     # vq: the classifier also reads each variable's codebook vector (stage 1's, frozen) and
     # its change: a code's meaning then comes from the autoencoder, not from the classifier's
-    # own embedding learned on the pairs (which a rare action's few pairs barely train);
-    # needs model.quantizer.codebooks = 1
+    # own embedding learned on the pairs (which a rare action's few pairs barely train)
     classifier_codebook: bool = False
     retrieval: str = "synthesis"  # default retrieval head: synthesis | classifier
-
-    def __post_init__(self) -> None:
-        if self.classifier_codebook and self.quantizer.codebooks != 1:
-            raise VQCausalError(
-                "classifier_codebook reads one codebook; it needs model.quantizer.codebooks = 1"
-            )
 
 
 @dataclass

@@ -98,7 +98,7 @@ class CausalVQVAE(CausalImageModel):
             args.num_actions,
             cfg.classifier_hidden,
             cfg.classifier_layers,
-            feature_dim=cfg.autoencoder.embed_dim if cfg.classifier_codebook else 0,
+            feature_dim=cfg.autoencoder.embed_dim // codebooks if cfg.classifier_codebook else 0,
         )
 
     # ---- autoencoder ---------------------------------------------------------------
@@ -162,8 +162,12 @@ class CausalVQVAE(CausalImageModel):
 
     @torch.no_grad()
     def code_vectors(self) -> torch.Tensor:
-        """(codebook_size, D): the vector each code decodes from (one codebook)."""
-        size = self.args.model.quantizer.codebook_size
+        """(codebooks * codebook_size, D / codebooks): the vector each code of each codebook
+        decodes from (codebook k owns the k-th group of channels), rows in the order of
+        ``codebook_offsets``."""
+        quantizer = self.args.model.quantizer
+        size, books = quantizer.codebook_size, quantizer.codebooks
         device = next(self.parameters()).device
-        every = torch.arange(size, device=device).view(1, size, 1, 1)
-        return rearrange(self.quantizer.indices_to_features(every), "1 d k 1 -> k d")
+        every = torch.arange(size, device=device).view(1, size, 1, 1).expand(1, size, 1, books)
+        features = self.quantizer.indices_to_features(every)  # (1, D, size, 1)
+        return rearrange(features, "1 (c d) k 1 -> (c k) d", c=books)
