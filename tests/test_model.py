@@ -198,3 +198,21 @@ def test_code_vectors_are_what_each_code_decodes_from(codebooks):
         model.args.num_variables, codebooks, model.args.model.quantizer.codebook_size
     )
     assert torch.allclose(model.code_vectors()[codes + offsets], per_variable, atol=1e-6)
+
+
+def test_a_checkpoint_from_before_the_codebook_classifier_rebuilds_its_own_classifier(tmp_path):
+    """Checkpoints written before ``classifier_codebook`` existed (it is on by default now)
+    lack the key: they rebuild with the classifier they were trained with."""
+    config = load_config("configs/smoke.toml", ["model.classifier_codebook=false"])
+    torch.manual_seed(0)
+    old = CausalVQVAE(ModelArgs([3, 16, 16], ACTIONS, config.model)).eval()
+    meta = {"step": 3, "model_args": old.args.to_dict(), "finished": True}
+    del meta["model_args"]["model"]["classifier_codebook"]
+    save_checkpoint(tmp_path, old, meta)
+    loaded, _ = load_model_from_run(tmp_path)
+    assert loaded.classifier.feature_proj is None
+    x, y = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    assert torch.equal(
+        loaded.retrieve(x, y, method="classifier"), old.retrieve(x, y, method="classifier")
+    )
+    assert tiny_model().classifier.feature_proj is not None  # the default now

@@ -147,7 +147,11 @@ def _no_constant(name: str) -> None:
 
 #: model config keys whose default changed the network's shape, with the value that rebuilds
 #: checkpoints written before the key existed
-LEGACY_MODEL_KEYS = {"classifier_layers": 0, "transition": {"update_expansion": 1}}
+LEGACY_MODEL_KEYS = {
+    "classifier_layers": 0,
+    "classifier_codebook": False,
+    "transition": {"update_expansion": 1},
+}
 
 
 def _with_legacy(stored: dict, legacy: dict) -> dict:

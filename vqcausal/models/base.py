@@ -51,8 +51,10 @@ class ModelConfig:
     classifier_counterfactuals: float = 0.0
     # vq: the classifier also reads each variable's codebook vector (stage 1's, frozen) and
     # its change: a code's meaning then comes from the autoencoder, not from the classifier's
-    # own embedding learned on the pairs (which a rare action's few pairs barely train)
-    classifier_codebook: bool = False
+    # own embedding learned on the pairs, and which way a turn or a growth goes is in the
+    # vectors' difference (shapes3d cpu cells at rho = 100, 2 seeds: classifier balanced
+    # 0.936 / 0.882 -> 0.984 / 0.987, its rarest action 0.892 / 0.733 -> 0.967 / 0.987)
+    classifier_codebook: bool = True
     retrieval: str = "synthesis"  # default retrieval head: synthesis | classifier
 
 
