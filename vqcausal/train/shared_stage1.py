@@ -35,7 +35,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from vqcausal.atomic import write_json_atomic, write_text_atomic
+from vqcausal.atomic import write_json_atomic
 from vqcausal.config import Config, ConfigError, to_dict
 from vqcausal.models.base import CausalImageModel, ModelArgs
 from vqcausal.runs import (
@@ -45,7 +45,6 @@ from vqcausal.runs import (
     first_line,
     latest_checkpoint,
     leaves,
-    metric_records,
 )
 
 #: config keys a run may change from the run whose stage 1 it starts from: read by stage 2,
@@ -169,12 +168,12 @@ def stage1_checkpoint(run_dir: str | Path, config: Config, model_args: ModelArgs
 
 
 def adopt_stage1(ckpt: Checkpoint, source_run: Path, run_dir: Path) -> None:
-    """Copy the stage-1 records (metrics up to its last step, figures) into the new run and
-    write where they came from."""
+    """Copy the stage-1 records (metrics, figures) into the new run and write where they came
+    from. The trainer then drops any record past the checkpoint's step, as for every run it
+    continues (``Trainer.truncate_metrics``)."""
     records = source_run / "metrics.jsonl"
     if records.is_file():
-        kept = [line for line, r in metric_records(records) if r["step"] <= ckpt.step]
-        write_text_atomic(run_dir / "metrics.jsonl", "".join(f"{line}\n" for line in kept))
+        shutil.copyfile(records, run_dir / "metrics.jsonl")
     figures = source_run / "figures"
     if figures.is_dir():
         (run_dir / "figures").mkdir(exist_ok=True)
