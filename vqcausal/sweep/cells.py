@@ -242,9 +242,11 @@ def train_stage1(
         code = runner([*argv, "--stage", "1"], env, log)
         run_dir = find_run(cell_dir)
         if code != 0 or run_dir is None or not stage1_finished(run_dir):
-            detail = f": {_last_error(log)}" if _last_error(log) else ""
-            what = f"shared stage 1 {stage1.name} failed (exit {code})"
-            raise SweepError(f"{what}{detail} [log: {log}]")
+            error = _last_error(log)
+            detail = f": {error}" if error else ""
+            raise SweepError(
+                f"shared stage 1 {stage1.name} failed (exit {code}){detail} [log: {log}]"
+            )
         return run_dir
 
 
