@@ -42,6 +42,21 @@ def test_the_running_mean_moves_by_one_minus_momentum_and_the_cap_holds():
     assert focus.factors().tolist() == pytest.approx([2.0, 0.5, 0.5])  # capped at 2 and 1/2
 
 
+def test_by_factor_both_directions_share_the_mean_of_their_losses():
+    """A memorised rare direction (low loss) is drawn as often as its hard common opposite."""
+    focus = ActionFocus(4, 1.0, partners=torch.tensor([1, 0, 3, 2]))
+    # action 0 (rare, memorised) -> 0.5, action 1 -> 3.5, action 2 -> 1; action 3 not seen yet
+    focus.update(torch.tensor([0, 1, 2]), torch.tensor([0.5, 3.5, 1.0]))
+    # factor losses: (0.5 + 3.5) / 2 = 2 for actions 0 and 1, 1 for action 2 (its partner
+    # unseen); mean over the seen actions 0, 1, 2: 5 / 3
+    assert focus.factors().tolist() == pytest.approx([1.2, 1.2, 0.6, 1.0])
+    alone = ActionFocus(4, 1.0)
+    alone.update(torch.tensor([0, 1, 2]), torch.tensor([0.5, 3.5, 1.0]))
+    assert alone.factors()[0] < 1 < alone.factors()[1]  # by action the rare one is starved
+    with pytest.raises(ValueError, match="partners"):
+        ActionFocus(4, 1.0, partners=torch.tensor([1, 0]))
+
+
 @pytest.mark.parametrize("latent", ["vq", "gaussian", "scm"])
 def test_every_stage2_objective_reports_its_loss_per_pair(latent):
     options = [f'model.latent="{latent}"', "model.transition.w_changed=0.0"]
@@ -80,9 +95,11 @@ def test_a_focused_stage2_draws_the_hard_actions_more(tmp_path):
     assert max(r["focus_max"] for r in stage2) > 1.0  # the actions' losses differ
 
 
-def test_a_negative_focus_is_refused():
+def test_a_negative_focus_or_an_unknown_unit_is_refused():
     from vqcausal.config import TrainConfig
     from vqcausal.errors import VQCausalError
 
     with pytest.raises(VQCausalError, match="action_focus"):
         TrainConfig(action_focus=-0.5)
+    with pytest.raises(VQCausalError, match="focus_by"):
+        TrainConfig(focus_by="direction")

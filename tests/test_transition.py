@@ -247,7 +247,9 @@ def toy_pairs(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "options", [{}, {"train_slots": 2, "w_changed": 2.0}], ids=["all-slots", "two-slots-weighted"]
+    "options",
+    [{}, {"train_slots": 2, "w_changed": 2.0}, {"update_film": True, "update_layers": 2}],
+    ids=["all-slots", "two-slots-weighted", "film-two-layers"],
 )
 def test_transition_learns_the_toy(options: dict) -> None:
     torch.manual_seed(0)
@@ -268,6 +270,21 @@ def test_transition_learns_the_toy(options: dict) -> None:
     assert exact >= 0.9
     noop = torch.full_like(actions, TA)
     assert (model.predict(codes, noop) == codes).all(-1).float().mean() >= 0.9
+
+
+def test_film_update_starts_as_the_shift_only_update(model: CausalTransition) -> None:
+    """The action's gain is zero at init, so a FiLM update given the same weights predicts
+    exactly what the shift-only update does, and a nonzero gain changes the prediction."""
+    film = CausalTransition(N, K, C, A, TransitionModelConfig(hidden=16, heads=2, update_film=True))
+    missing = film.load_state_dict(model.state_dict(), strict=False).missing_keys
+    assert missing == ["update_gain.weight"]
+    model.eval(), film.eval()
+    codes = random_codes()
+    with torch.no_grad():
+        assert torch.equal(model(codes).logits, film(codes).logits)
+        film.update_gain.weight.normal_()
+        changed = film(codes, hard=False).logits
+    assert not torch.allclose(model(codes, hard=False).logits, changed)
 
 
 @pytest.mark.parametrize("layers", [0, 1])

@@ -125,6 +125,9 @@ class TrainConfig:
     # training loss relative to the mean, to this power (vqcausal.train.focus): the steps go
     # to the actions still wrong (shape, scale) rather than those learned (hues); 0 = off
     action_focus: float = 0.0
+    # what the focus weighs: "factor" (an action's share follows the mean loss of both of its
+    # factor's directions, so a memorised rare direction is not starved) or "action" (its own)
+    focus_by: str = "factor"
     # processes rendering training images ahead of the loop; -1: none on a CPU (they would
     # compete with the model for the cores), up to 8 per process on an accelerator
     data_workers: int = -1
@@ -168,6 +171,8 @@ class TrainConfig:
                 raise VQCausalError(f"train.{name} must be >= 1")
         if self.action_focus < 0:
             raise VQCausalError("train.action_focus must be >= 0 (0: off)")
+        if self.focus_by not in ("factor", "action"):
+            raise VQCausalError('train.focus_by must be "factor" or "action"')
         if self.data_workers < -1:
             raise VQCausalError("train.data_workers must be >= 0, or -1 for automatic")
         if self.stage1_steps < 0 or self.stage2_steps < 0 or self.cache_pairs < 1:
@@ -213,6 +218,7 @@ POSITIVE = frozenset(
         "model.transition.hidden",
         "model.transition.heads",
         "model.transition.update_expansion",
+        "model.transition.update_layers",
         "model.gaussian.latent_dim",
         "model.ladder.latent_dims[]",
         "model.ladder.hidden",

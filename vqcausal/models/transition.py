@@ -59,6 +59,12 @@ class TransitionModelConfig:
     # maps (node context, action) to the intervened node's new code, a large lookup (each
     # code, action and position has its own answer) that a ``hidden``-wide layer underfits
     update_expansion: int = 4
+    # the action *scales* the update's hidden units as well as shifting them (FiLM:
+    # gelu(W_h h * (1 + W_g a) + W_a a)): with a shift alone every action is one bias of the
+    # same layer, and an action that redraws a region (shape) needs its own features of h
+    update_film: bool = False
+    # hidden layers of the intervention update, each ``update_expansion * hidden`` wide
+    update_layers: int = 1
     mask_threshold: float = 0.5
     w_code: float = 1.0  # CE of predicted codes vs x' codes (true action)
     w_identity: float = 1.0  # CE of the no-op action's prediction vs x's own codes
@@ -154,6 +160,11 @@ class CausalTransition(nn.Module):
         wide = cfg.update_expansion * h
         self.update_node = nn.Linear(h, wide)
         self.update_action = nn.Linear(h, wide, bias=False)
+        self.update_gain = nn.Linear(h, wide, bias=False) if cfg.update_film else None
+        if self.update_gain is not None:
+            nn.init.zeros_(self.update_gain.weight)  # starts as the shift-only update
+        more = range(cfg.update_layers - 1)
+        self.update_hidden = nn.ModuleList(nn.Linear(wide, wide) for _ in more)
         self.update_out = nn.Linear(wide, h)
         self.prop_node = nn.Linear(h, h)  # message context c(h_i, a) = P_h h_i + P_a a
         self.prop_action = nn.Linear(h, h, bias=False)
@@ -214,8 +225,13 @@ class CausalTransition(nn.Module):
         mask = self._mask(mask_logits, hard)[..., None]  # (b, n, s, 1)
 
         # intervention: delta0_i = m_i * U(h_i, a); the node part is computed once per x
-        pre = self.update_node(h)[:, :, None] + self.update_action(act)[:, None]
-        delta0 = mask * self.update_out(F.gelu(pre))  # (b, n, s, h)
+        node = self.update_node(h)[:, :, None]
+        if self.update_gain is not None:
+            node = node * (1 + self.update_gain(act)[:, None])
+        hidden = F.gelu(node + self.update_action(act)[:, None])
+        for layer in self.update_hidden:
+            hidden = F.gelu(layer(hidden))
+        delta0 = mask * self.update_out(hidden)  # (b, n, s, h)
 
         # propagation: delta <- delta0 + (1 - m) * f(G @ delta), f(msg) = W2 (gelu(W1 msg + c) -
         # gelu(c)) with the action- and node-dependent context c, so f(0) = 0 exactly

@@ -8,6 +8,12 @@ shape step (every code of the object redrawn) is still improving when stage 2 en
 per-pair *training* loss the stage-2 objective reports for action ``a``
 (:data:`vqcausal.models.base.PAIR_LOSS`). Only training pairs steer it, never held-out ones.
 
+With ``partners`` (``train.focus_by = "factor"``) an action's loss is the mean of its own and
+its inverse's (``f+`` and ``f-``), so both directions of a factor get the same share. A rare
+direction's few pairs are soon memorised and its own training loss falls below the others'; by
+itself it would be drawn *less* (at rho = 100 that took the rarest action's classifier
+retrieval from 0.66 to 0.43), while its factor, as hard as its common direction, keeps it drawn.
+
 The running means live in memory: a resumed run starts again from equal shares and has its
 estimates back after a few dozen steps.
 """
@@ -21,11 +27,19 @@ class ActionFocus:
     """Running per-action loss -> a sampling factor per action (1 for actions not yet seen)."""
 
     def __init__(
-        self, num_actions: int, strength: float, momentum: float = 0.98, cap: float = 8.0
+        self,
+        num_actions: int,
+        strength: float,
+        momentum: float = 0.98,
+        cap: float = 8.0,
+        partners: torch.Tensor | None = None,
     ) -> None:
         if strength < 0 or not 0 <= momentum < 1 or cap < 1:
             raise ValueError("need strength >= 0, momentum in [0, 1) and cap >= 1")
+        if partners is not None and partners.shape != (num_actions,):
+            raise ValueError(f"partners must be one action per action, ({num_actions},)")
         self.strength, self.momentum, self.cap = strength, momentum, cap
+        self.partners = partners
         self.loss = torch.zeros(num_actions, dtype=torch.float64)
         self.seen = torch.zeros(num_actions, dtype=torch.bool)
 
@@ -48,7 +62,12 @@ class ActionFocus:
         out = torch.ones_like(self.loss)
         if self.strength == 0 or not self.seen.any():
             return out
-        seen = self.loss[self.seen]
+        loss = self.loss
+        if self.partners is not None:  # mean over the seen ones of (a, partner(a))
+            both = torch.stack([self.loss, self.loss[self.partners]])
+            known = torch.stack([self.seen, self.seen[self.partners]]).double()
+            loss = (both * known).sum(0) / known.sum(0).clamp(min=1)
+        seen = loss[self.seen]
         relative = seen / seen.mean().clamp(min=1e-12)
         out[self.seen] = relative.clamp(min=1e-12).pow(self.strength).clamp(1 / self.cap, self.cap)
         return out

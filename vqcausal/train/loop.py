@@ -308,7 +308,10 @@ class Trainer:
         device = self.accelerator.device
 
         weights = pair_weights(cache["actions"], self.train.balance_actions)
-        focus = ActionFocus(self.model.args.num_actions, self.train.action_focus)
+        actions = torch.arange(self.model.args.num_actions)
+        by_factor = self.train.focus_by == "factor"
+        partners = self.source.space.inverse_action(actions) if by_factor else None
+        focus = ActionFocus(len(actions), self.train.action_focus, partners=partners)
 
         def step_fn() -> dict[str, float]:
             size = self.train.stage2_batch_size

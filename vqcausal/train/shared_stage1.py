@@ -65,6 +65,7 @@ STAGE2_ONLY = frozenset(
         "train.balance_actions",
         "train.reverse_pairs",
         "train.action_focus",
+        "train.focus_by",
         "train.data_workers",
         "train.eval_pairs",
         "train.eval_every",
