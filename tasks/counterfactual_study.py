@@ -91,6 +91,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "default because it draws a rare, memorised action less)",
         ("train.action_focus=2",),
     ),
+    "wide-transition": (
+        "default with a transition twice as wide (model.transition.hidden = 128) whose action "
+        "also scales the update (update_film), 3,000 stage-2 steps (its steps take twice as "
+        "long): tools/transition_probe.py found width, not depth, the lever on changing codes",
+        (
+            "model.transition.hidden=128",
+            "model.transition.update_film=true",
+            "train.stage2_steps=3000",
+        ),
+    ),
 }
 
 GRID_PAIRS = 512  # held-out pairs drawn for the comparison grid (one per action is shown)

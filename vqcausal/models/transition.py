@@ -61,7 +61,8 @@ class TransitionModelConfig:
     update_expansion: int = 4
     # the action *scales* the update's hidden units as well as shifting them (FiLM:
     # gelu(W_h h * (1 + W_g a) + W_a a)): with a shift alone every action is one bias of the
-    # same layer, and an action that redraws a region (shape) needs its own features of h
+    # same layer. Measured (tools/transition_probe.py, README): +0.015 changing codes right
+    # at width 64; a second update layer +0.02 at 1.45x the time; twice ``hidden`` +0.10
     update_film: bool = False
     # hidden layers of the intervention update, each ``update_expansion * hidden`` wide
     update_layers: int = 1
