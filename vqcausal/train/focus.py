@@ -13,6 +13,8 @@ its inverse's (``f+`` and ``f-``), so both directions of a factor get the same s
 direction's few pairs are soon memorised and its own training loss falls below the others'; by
 itself it would be drawn *less* (at rho = 100 that took the rarest action's classifier
 retrieval from 0.66 to 0.43), while its factor, as hard as its common direction, keeps it drawn.
+Measured at rho = 100 (README, Rare actions): the rare action's retrieval holds (0.967 -> 0.973)
+but its counterfactuals do not (atomicity 0.41 -> 0.19), which is why focus stays off.
 
 The running means live in memory: a resumed run starts again from equal shares and has its
 estimates back after a few dozen steps.
