@@ -10,7 +10,7 @@ autoencoder gives x and x' (its ``cache/stage2_latents.safetensors``), how well 
 transition of some design learn to predict the codes of x'? It holds out the last
 ``--held-out`` cached pairs, then trains each variant's transition alone, from the same seed,
 on the others (its losses as in stage 2: code, identity and retrieval CE; the run's stage-2
-rate, batch and schedule; gradients clipped at norm 1), and scores the held-out pairs:
+rate, batch, schedule and gradient clip), and scores the held-out pairs:
 
 - codes right among the variables that change between x and x', and among those that do not;
 - the share of changing variables whose thresholded intervention mask is on (mask recall);
@@ -33,6 +33,7 @@ import torch
 from vqcausal.benchmarking import console, write_report
 from vqcausal.commandline import OneLineParser, bounded, command_main
 from vqcausal.config import Config, load_config
+from vqcausal.data.factors import FactorSpace
 from vqcausal.errors import VQCausalError
 from vqcausal.models.transition import CausalTransition
 from vqcausal.runs import latest_checkpoint, model_args_from_meta, read_latent_cache
@@ -61,16 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def variant_configs(run: Path, variants: list[list[str]]) -> dict[str, Config]:
-    """``base`` (the run's config) and each variant's, checked like any ``--set``."""
-    configs = {"base": load_config(run / "config.toml")}
+def variant_configs(run: Path, variants: list[list[str]]) -> dict[str, tuple[list[str], Config]]:
+    """name -> (overrides, config) for ``base`` (the run's config) and each variant, checked
+    like any ``--set``."""
+    configs = {"base": ([], load_config(run / "config.toml"))}
     for name, *overrides in variants:
         if name in configs:
             raise VQCausalError(f"variant name {name!r} is used twice")
         wrong = [o for o in overrides if not o.startswith(PREFIX)]
         if wrong or not overrides:
             raise VQCausalError(f"variant {name!r}: give {PREFIX}KEY=VALUE overrides, got {wrong}")
-        configs[name] = load_config(run / "config.toml", overrides)
+        configs[name] = (overrides, load_config(run / "config.toml", overrides))
     return configs
 
 
@@ -102,7 +104,8 @@ def train_transition(
         loss = model.losses(*batch)["total"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
     return model.eval(), time.perf_counter() - start
 
@@ -130,11 +133,11 @@ def figures(scored: dict[str, torch.Tensor], actions: torch.Tensor, names: list[
         "mask_recall": mask[changed].float().mean().item(),
         "per_factor": {},
     }
-    for factor in dict.fromkeys(name[:-1] for name in names):
-        ids = torch.tensor([i for i, name in enumerate(names) if name[:-1] == factor])
-        sel = torch.isin(actions, ids)[:, None] & changed
+    factors = FactorSpace.action_factor(actions)
+    for f, name in enumerate(names[::2]):  # actions come as (f+, f-): the factor's name
+        sel = (factors == f)[:, None] & changed
         if sel.any():
-            row["per_factor"][factor] = right[sel].float().mean().item()
+            row["per_factor"][name[:-1]] = right[sel].float().mean().item()
     return row
 
 
@@ -157,10 +160,10 @@ def probe(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     held = {k: v[train:] for k, v in cache.items()}
     results = []
-    for name, config in configs.items():
+    for name, (overrides, config) in configs.items():
         model, seconds = train_transition(config, margs, cache, train, args.steps, args.seed)
         scored = score(model, held["latents"], held["actions"], held["latents_next"])
-        row = {"variant": name, "overrides": [], "seconds": round(seconds, 1)}
+        row = {"variant": name, "overrides": overrides, "seconds": round(seconds, 1)}
         row |= figures(scored, held["actions"], margs.action_names)
         row["parameters"] = sum(p.numel() for p in model.parameters())
         results.append(row)
@@ -168,8 +171,6 @@ def probe(args: argparse.Namespace) -> None:
             f"{name}: changed codes right {row['changed_right']:.3f}, unchanged "
             f"{row['unchanged_right']:.3f}, mask recall {row['mask_recall']:.3f} ({seconds:.0f} s)"
         )
-    for row, (_, *overrides) in zip(results[1:], args.variant, strict=True):
-        row["overrides"] = overrides
     print_table(results)
     settings = {"run": str(run), "steps": args.steps, "held_out": args.held_out, "seed": args.seed}
     write_report(args.out, "transition_probe", settings, results)
