@@ -53,10 +53,11 @@ from vqcausal.sweep.plan import Cell, default_cells
 from vqcausal.sweep.results import evaluated_metrics
 from vqcausal.sweep.spec import SIZES, SweepError
 
-#: name -> (what it is, overrides on the dataset's config), in the order of the table:
-#: ``before`` and ``transition-training`` build up to ``default`` (the config as it is); each
-#: variant after ``default`` changes one thing in it.
+#: the transition of the code defaults (64 wide, the action only shifting the update)
+NARROW = ("model.transition.hidden=64", "model.transition.update_film=false")
+#: the default model before the atomicity work
 BEFORE = (
+    *NARROW,
     'train.lr_schedule="constant"',
     "train.stage2_steps=3000",
     "model.transition.train_slots=0",
@@ -64,6 +65,9 @@ BEFORE = (
     "model.transition.update_expansion=1",
     "model.classifier_layers=0",
 )
+#: name -> (what it is, overrides on the dataset's config), in the order of the table:
+#: ``before`` and ``transition-training`` build up to ``default`` (the config as it is); each
+#: variant after ``default`` changes one thing in it.
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "before": (
         "the default model before the atomicity work: constant learning rates, every action "
@@ -91,15 +95,12 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "default because it draws a rare, memorised action less)",
         ("train.action_focus=2",),
     ),
-    "wide-transition": (
-        "default with a transition twice as wide (model.transition.hidden = 128) whose action "
-        "also scales the update (update_film), 3,000 stage-2 steps (its steps take twice as "
-        "long): tools/transition_probe.py found width, not depth, the lever on changing codes",
-        (
-            "model.transition.hidden=128",
-            "model.transition.update_film=true",
-            "train.stage2_steps=3000",
-        ),
+    "narrow-transition": (
+        "default with the code defaults' transition (64 wide, the action only shifting the "
+        "update) and 4,000 stage-2 steps: the default before the wide transition, whose "
+        "steps take twice as long (tools/transition_probe.py found width, not depth, the "
+        "lever on the codes that change)",
+        (*NARROW, "train.stage2_steps=4000"),
     ),
 }
 

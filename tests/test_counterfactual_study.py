@@ -12,6 +12,8 @@ from PIL import Image
 
 from vqcausal.config import load_config
 
+NARROW_VARIANTS = ("before", "transition-training", "narrow-transition")
+
 pytestmark = pytest.mark.slow  # trains and evaluates two variants
 
 
@@ -66,3 +68,6 @@ def test_without_variants_the_study_runs_before_and_default_and_every_variant_is
             assert config.train.action_focus == 2.0
         if name == "default":
             assert config.train.action_focus == 0.0 and config.train.lr_schedule == "wsd"
+        # the default config's wide transition; the variants before it take the narrow one
+        wide = (config.model.transition.hidden, config.model.transition.update_film)
+        assert wide == ((64, False) if name in NARROW_VARIANTS else (128, True)), name
