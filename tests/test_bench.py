@@ -60,3 +60,11 @@ def test_bench_cli_quick_times_every_command(tmp_path):
     assert all(len(r["runs"]) == 2 and r["median_s"] > 0 for r in rows.values())
     assert rows["retrieve (one pair)"]["status"] in ("ok", "MISSED")
     assert "per_pair_ms" in rows["retrieve (8 pairs)"]
+
+
+def test_the_official_setting_keeps_the_transition_its_figures_were_measured_with():
+    from vqcausal.benchmarking import setting_config
+
+    official, default = setting_config("official"), setting_config("default")
+    assert (official.model.transition.hidden, official.model.transition.update_film) == (64, False)
+    assert (default.model.transition.hidden, default.model.transition.update_film) == (128, True)
