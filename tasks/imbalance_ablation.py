@@ -36,8 +36,8 @@ stage 1 and 2000 stage-2 steps per cell. Stage 1 never reads an action, so the c
 copy of it with ``train.py --stage1-from``): 9 stage-1 runs instead of 36. Measured two side
 by side at one thread each: a ``vq`` stage 1 takes 20 min, a ``vq`` cell on it ~28 min with
 the default's wide transition (encoding the 80,000 cached pairs ~3.5 min, stage 2 ~21 min,
-``vqcausal evaluate`` ~3 min; ~21 min with the narrow one); alone on 2 cores a ``gaussian`` stage 1
-took 12 min and its cell 7: some 6 - 7 hours for the grid, so run it overnight or on a
+``vqcausal evaluate`` ~3 min; ~21 min with the narrow one); alone on 2 cores a ``gaussian``
+stage 1 took 12 min and its cell 7: some 6 - 7 hours for the grid, so run it overnight or on a
 GPU (``--set train.mixed_precision=bf16``), or one axis at a time (``--seeds 0 --rhos 1 100``).
 The sweep starts one cell of each stage-1 group first, so two slots rarely wait on one stage 1.
 ``values`` cells skew the images themselves and train their own stage 1.
