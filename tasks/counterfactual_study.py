@@ -96,11 +96,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("train.action_focus=2",),
     ),
     "narrow-transition": (
-        "default with the code defaults' transition (64 wide, the action only shifting the "
-        "update) and 4,000 stage-2 steps: the default before the wide transition, whose "
-        "steps take twice as long (tools/transition_probe.py found width, not depth, the "
-        "lever on the codes that change)",
+        "the default before the wide transition: the code defaults' transition (64 wide, "
+        "the action only shifting the update), 4,000 stage-2 steps (tools/transition_probe.py "
+        "found width, not depth, the lever on the codes that change)",
         (*NARROW, "train.stage2_steps=4000"),
+    ),
+    "long-stage1": (
+        "default with a stage 1 twice as long and fewer stage-2 steps, 12,000 + 2,000 (the "
+        "autoencoder bounds atomicity: its ceiling was 0.855 at 6,000 stage-1 steps and 0.989 "
+        "at 12,000, seed 0; ~34 CPU minutes by measured rates, not yet the default)",
+        ("train.stage1_steps=12000", "train.stage2_steps=2000"),
     ),
 }
 

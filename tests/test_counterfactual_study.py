@@ -71,3 +71,4 @@ def test_without_variants_the_study_runs_before_and_default_and_every_variant_is
         # the default config's wide transition; the variants before it take the narrow one
         wide = (config.model.transition.hidden, config.model.transition.update_film)
         assert wide == ((64, False) if name in NARROW_VARIANTS else (128, True)), name
+        assert config.train.stage1_steps == (12000 if name == "long-stage1" else 6000), name

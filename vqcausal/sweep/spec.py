@@ -7,8 +7,8 @@ train, most of a day) and ``full`` (the paper's grid, a GPU job; about 15 GPU-ho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from vqcausal.config import DEFAULT_EXPERIMENT
 from vqcausal.errors import VQCausalError
 
 MODES = ("actions", "values", "held_out")
@@ -17,8 +17,7 @@ STAGE1_MODE = "stage1"  # a stage-1-only run that cells of one (dataset, latent,
 #: modes whose images are the uniform config's (stage 1 reads images, never actions); the
 #: ``values`` mode skews the images themselves, so its cells train their own stage 1
 SHARED_STAGE1_MODES = ("actions", "held_out")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO_ROOT / "configs"
+CONFIG_DIR = DEFAULT_EXPERIMENT.parent
 
 
 class SweepError(VQCausalError):
@@ -104,7 +103,7 @@ SIZES: dict[str, SizeSpec] = {
     # three imbalances and one held-out action, three seeds, the default model with its full
     # stage 1 (6000 steps) trained once per (latent, seed) and shared by that latent's four
     # cells, and 2000 stage-2 steps each. 36 cells plus 9 stage-1 runs, two side by side:
-    # ~6 h on 2 cores (the task's docstring has the measured times); a GPU, about an hour
+    # ~6-7 h on 2 cores (the task's docstring has the measured times); a GPU, about an hour
     "cpu": SizeSpec(
         datasets=("shapes3d",),
         latents=("vq", "gaussian", "ladder"),

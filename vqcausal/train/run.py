@@ -28,7 +28,14 @@ import tomli_w
 
 from vqcausal.atomic import write_text_atomic
 from vqcausal.commandline import OneLineParser, add_config_args, config_from_args, run
-from vqcausal.config import Config, ConfigError, apply_overrides, from_dict, to_dict
+from vqcausal.config import (
+    DEFAULT_EXPERIMENT,
+    Config,
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    to_dict,
+)
 from vqcausal.data.registry import load_source
 from vqcausal.data.source import ConceptScaler, GroundTruthSource
 from vqcausal.data.transitions import TransitionSampler, action_concept_steps
@@ -116,6 +123,8 @@ def _build(args: argparse.Namespace):
             raise ConfigError(f"--resume accepts only train.* overrides, got {bad[0]}")
         config = from_dict(Config, apply_overrides(to_dict(base), args.overrides))
     else:
+        if not (args.config or args.dataset or args.path) and DEFAULT_EXPERIMENT.is_file():
+            args.config = str(DEFAULT_EXPERIMENT)
         config = config_from_args(args)
     from vqcausal.models.base import LATENTS
 
