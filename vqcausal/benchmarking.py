@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 from vqcausal.atomic import write_json_atomic
-from vqcausal.config import Config, load_config
+from vqcausal.config import DEFAULT_EXPERIMENT, Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_CONFIG = REPO / "configs" / "shapes3d.toml"
 SETTINGS = {
     # the official CT-VAE Shapes3D model layer for layer where ours allows: 64x64 RGB, widths
     # 64-128-256 -> 8x8 grid, 6 residual layers in the encoder and 6 in the decoder, 3x3 encoder
@@ -49,7 +48,7 @@ PEAK_MB_TARGET = 1024.0  # <= 1 GB at the official setting on the CPU (README, B
 
 def setting_config(setting: str) -> Config:
     """The config of a named benchmark setting (the default config plus its overrides)."""
-    return load_config(BASE_CONFIG, SETTINGS[setting])
+    return load_config(DEFAULT_EXPERIMENT, SETTINGS[setting])
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
