@@ -12,6 +12,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from vqcausal.errors import VQCausalError
 
@@ -83,10 +84,16 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace, default: Path | None = None):
+    """``--config`` (or ``default``, when the command names neither a config nor a dataset and
+    the file exists) with the data shortcuts and ``--set`` overrides on top."""
     from vqcausal.config import load_config
 
-    return load_config(args.config, overrides_from_args(args))
+    path = args.config
+    named = path or getattr(args, "dataset", None) or getattr(args, "path", None)
+    if not named and default is not None and default.is_file():
+        path = default
+    return load_config(path, overrides_from_args(args))
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:

@@ -123,9 +123,7 @@ def _build(args: argparse.Namespace):
             raise ConfigError(f"--resume accepts only train.* overrides, got {bad[0]}")
         config = from_dict(Config, apply_overrides(to_dict(base), args.overrides))
     else:
-        if not (args.config or args.dataset or args.path) and DEFAULT_EXPERIMENT.is_file():
-            args.config = str(DEFAULT_EXPERIMENT)
-        config = config_from_args(args)
+        config = config_from_args(args, default=DEFAULT_EXPERIMENT)
     from vqcausal.models.base import LATENTS
 
     if config.model.latent not in LATENTS:
