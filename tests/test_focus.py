@@ -42,6 +42,20 @@ def test_the_running_mean_moves_by_one_minus_momentum_and_the_cap_holds():
     assert focus.factors().tolist() == pytest.approx([2.0, 0.5, 0.5])  # capped at 2 and 1/2
 
 
+def test_a_floor_of_one_only_adds_draws():
+    """An easy (or memorised) action keeps its balanced share; the hard one gets more."""
+    losses = torch.tensor([0.1, 0.1, 0.1, 3.7])  # mean 1
+    focus = ActionFocus(4, 1.0, floor=1.0)
+    focus.update(torch.arange(4), losses)
+    assert focus.factors().tolist() == pytest.approx([1.0, 1.0, 1.0, 3.7])
+    default = ActionFocus(4, 1.0)
+    default.update(torch.arange(4), losses)
+    assert default.factors().tolist() == pytest.approx([0.125, 0.125, 0.125, 3.7])  # 1 / cap
+    for floor in (0.0, 1.5):
+        with pytest.raises(ValueError, match="floor"):
+            ActionFocus(4, 1.0, floor=floor)
+
+
 def test_by_factor_both_directions_share_the_mean_of_their_losses():
     """A memorised rare direction (low loss) is drawn as often as its hard common opposite."""
     focus = ActionFocus(4, 1.0, partners=torch.tensor([1, 0, 3, 2]))
@@ -82,16 +96,18 @@ def test_every_stage2_objective_reports_its_loss_per_pair(latent):
 
 
 @pytest.mark.slow
-def test_a_focused_stage2_draws_the_hard_actions_more(tmp_path):
+@pytest.mark.parametrize("floor", [0.125, 1.0])
+def test_a_focused_stage2_draws_the_hard_actions_more(tmp_path, floor):
     from vqcausal.train.run import main as train
 
     sets = [*TOY_TINY, f'runs="{tmp_path}"', "train.action_focus=1.0", "train.log_every=5"]
+    sets.append(f"train.focus_floor={floor}")
     assert train(["--config", "configs/smoke.toml", *(x for s in sets for x in ("--set", s))]) == 0
     lines = (run_folder(tmp_path) / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     stage2 = [r for r in records if r["stage"] == 2 and "focus_max" in r]
     assert stage2, "stage 2 logged no focus factors"
-    assert all(r["focus_min"] <= 1.0 <= r["focus_max"] <= 8.0 for r in stage2)
+    assert all(floor <= r["focus_min"] <= 1.0 <= r["focus_max"] <= 8.0 for r in stage2)
     assert max(r["focus_max"] for r in stage2) > 1.0  # the actions' losses differ
 
 
@@ -103,3 +119,5 @@ def test_a_negative_focus_or_an_unknown_unit_is_refused():
         TrainConfig(action_focus=-0.5)
     with pytest.raises(VQCausalError, match="focus_by"):
         TrainConfig(focus_by="direction")
+    with pytest.raises(VQCausalError, match="focus_floor"):
+        TrainConfig(focus_floor=0.0)

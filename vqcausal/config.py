@@ -128,6 +128,10 @@ class TrainConfig:
     # what the focus weighs: "factor" (an action's share follows the mean loss of both of its
     # factor's directions, so a memorised rare direction is not starved) or "action" (its own)
     focus_by: str = "factor"
+    # the least share factor focus gives an action (0.125: an easy action is drawn down to an
+    # eighth of its balanced share); 1: focus only adds draws to the hard actions and never
+    # takes them from an action whose few pairs are memorised (a rare one under imbalance)
+    focus_floor: float = 0.125
     # processes rendering training images ahead of the loop; -1: none on a CPU (they would
     # compete with the model for the cores), up to 8 per process on an accelerator
     data_workers: int = -1
@@ -171,6 +175,8 @@ class TrainConfig:
                 raise VQCausalError(f"train.{name} must be >= 1")
         if self.action_focus < 0:
             raise VQCausalError("train.action_focus must be >= 0 (0: off)")
+        if not 0 < self.focus_floor <= 1:
+            raise VQCausalError("train.focus_floor must be in (0, 1]")
         if self.focus_by not in ("factor", "action"):
             raise VQCausalError('train.focus_by must be "factor" or "action"')
         if self.data_workers < -1:

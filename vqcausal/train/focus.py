@@ -4,9 +4,10 @@ Balanced sampling trains every action equally often, but actions are not equally
 shapes3d the transition has a hue step (a colour lookup) nearly right early in stage 2, while a
 shape step (every code of the object redrawn) is still improving when stage 2 ends. With
 ``train.action_focus = s > 0`` each action's share of the draws is multiplied by
-``(L_a / mean L) ** s``, clipped to ``[1 / cap, cap]``, where ``L_a`` is a running mean of the
-per-pair *training* loss the stage-2 objective reports for action ``a``
-(:data:`vqcausal.models.base.PAIR_LOSS`). Only training pairs steer it, never held-out ones.
+``(L_a / mean L) ** s``, clipped to ``[floor, cap]`` (``floor`` 1 / cap unless set), where
+``L_a`` is a running mean of the per-pair *training* loss the stage-2 objective reports for
+action ``a`` (:data:`vqcausal.models.base.PAIR_LOSS`). Only training pairs steer it, never
+held-out ones.
 
 With ``partners`` (``train.focus_by = "factor"``) an action's loss is the mean of its own and
 its inverse's (``f+`` and ``f-``), so both directions of a factor get the same share. A rare
@@ -14,7 +15,11 @@ direction's few pairs are soon memorised and its own training loss falls below t
 itself it would be drawn *less* (at rho = 100 that took the rarest action's classifier
 retrieval from 0.66 to 0.43), while its factor, as hard as its common direction, keeps it drawn.
 Measured at rho = 100 (README, Rare actions): the rare action's retrieval holds (0.967 -> 0.973)
-but its counterfactuals do not (atomicity 0.41 -> 0.19), which is why focus stays off.
+but its counterfactuals do not (atomicity 0.41 -> 0.19).
+
+``floor = 1`` (``train.focus_floor``) makes focus only add draws: no action falls below its
+balanced share, so an action whose loss is low because its few pairs are memorised keeps the
+steps that balanced sampling gives it, and the hard factors get more on top.
 
 The running means live in memory: a resumed run starts again from equal shares and has its
 estimates back after a few dozen steps.
@@ -35,12 +40,14 @@ class ActionFocus:
         momentum: float = 0.98,
         cap: float = 8.0,
         partners: torch.Tensor | None = None,
+        floor: float | None = None,
     ) -> None:
-        if strength < 0 or not 0 <= momentum < 1 or cap < 1:
-            raise ValueError("need strength >= 0, momentum in [0, 1) and cap >= 1")
+        floor = 1 / cap if floor is None else floor
+        if strength < 0 or not 0 <= momentum < 1 or cap < 1 or not 0 < floor <= 1:
+            raise ValueError("need strength >= 0, momentum in [0, 1), cap >= 1, floor in (0, 1]")
         if partners is not None and partners.shape != (num_actions,):
             raise ValueError(f"partners must be one action per action, ({num_actions},)")
-        self.strength, self.momentum, self.cap = strength, momentum, cap
+        self.strength, self.momentum, self.cap, self.floor = strength, momentum, cap, floor
         self.partners = partners
         self.loss = torch.zeros(num_actions, dtype=torch.float64)
         self.seen = torch.zeros(num_actions, dtype=torch.bool)
@@ -71,5 +78,5 @@ class ActionFocus:
             loss = (both * known).sum(0) / known.sum(0).clamp(min=1)
         seen = loss[self.seen]
         relative = seen / seen.mean().clamp(min=1e-12)
-        out[self.seen] = relative.clamp(min=1e-12).pow(self.strength).clamp(1 / self.cap, self.cap)
+        out[self.seen] = relative.clamp(min=1e-12).pow(self.strength).clamp(self.floor, self.cap)
         return out

@@ -311,7 +311,9 @@ class Trainer:
         actions = torch.arange(self.model.args.num_actions)
         by_factor = self.train.focus_by == "factor"
         partners = self.source.space.inverse_action(actions) if by_factor else None
-        focus = ActionFocus(len(actions), self.train.action_focus, partners=partners)
+        focus = ActionFocus(
+            len(actions), self.train.action_focus, partners=partners, floor=self.train.focus_floor
+        )
 
         def step_fn() -> dict[str, float]:
             size = self.train.stage2_batch_size

@@ -66,6 +66,7 @@ STAGE2_ONLY = frozenset(
         "train.reverse_pairs",
         "train.action_focus",
         "train.focus_by",
+        "train.focus_floor",
         "train.data_workers",
         "train.eval_pairs",
         "train.eval_every",
