@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from vqcausal.commandline import SEED, OneLineParser, add_set_arg, command_main
+from vqcausal.config import parse_override
 from vqcausal.sweep.command import add_engine_args, engine_options, finish
 from vqcausal.sweep.engine import run_sweep
 from vqcausal.sweep.plan import Cell, default_cells
@@ -59,6 +60,7 @@ NARROW = ("model.transition.hidden=64", "model.transition.update_film=false")
 BEFORE = (
     *NARROW,
     'train.lr_schedule="constant"',
+    "train.stage1_steps=6000",
     "train.stage2_steps=3000",
     "model.transition.train_slots=0",
     "model.transition.w_changed=0.0",
@@ -97,14 +99,15 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "narrow-transition": (
         "the default before the wide transition: the code defaults' transition (64 wide, "
-        "the action only shifting the update), 4,000 stage-2 steps (tools/transition_probe.py "
+        "the action only shifting the update), 6,000 + 4,000 steps (tools/transition_probe.py "
         "found width, not depth, the lever on the codes that change)",
-        (*NARROW, "train.stage2_steps=4000"),
+        (*NARROW, "train.stage1_steps=6000", "train.stage2_steps=4000"),
     ),
     "long-stage1": (
         "default with a stage 1 twice as long and fewer stage-2 steps, 12,000 + 2,000 (the "
         "autoencoder bounds atomicity: its ceiling was 0.855 at 6,000 stage-1 steps and 0.989 "
-        "at 12,000, seed 0; ~34 CPU minutes by measured rates, not yet the default)",
+        "at 12,000, seed 0; ~32 CPU minutes; not the default: seed 2's stage 1 diverged at "
+        "step ~9,150 and ended at ceiling 0.626)",
         ("train.stage1_steps=12000", "train.stage2_steps=2000"),
     ),
 }
@@ -162,9 +165,20 @@ def _get(record: dict, path: tuple[str, ...]) -> float | None:
     return record if isinstance(record, int | float) else None
 
 
-def cells_of(args: argparse.Namespace, variant: str) -> list[Cell]:
+def variant_overrides(variant: str, size: str) -> tuple[str, ...]:
+    """The variant's overrides at ``size``. A variant's steps and widths are the full size's:
+    at ``smoke`` the size's own settings win (its steps, its small model), so a smoke study
+    stays minutes long and the variants differ only in what else they change."""
     _, overrides = VARIANTS[variant]
+    if size != "smoke":
+        return overrides
+    sized = {tuple(parse_override(o)[0]) for o in SIZES["smoke"].overrides}
+    return tuple(o for o in overrides if tuple(parse_override(o)[0]) not in sized)
+
+
+def cells_of(args: argparse.Namespace, variant: str) -> list[Cell]:
     size = "smoke" if args.size == "smoke" else "full"
+    overrides = variant_overrides(variant, size)
     cells = default_cells(size, args.datasets, ["vq"], args.seeds, [*overrides, *args.overrides])
     return [replace(cell, variant=variant) for cell in cells]
 

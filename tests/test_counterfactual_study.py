@@ -72,3 +72,17 @@ def test_without_variants_the_study_runs_before_and_default_and_every_variant_is
         wide = (config.model.transition.hidden, config.model.transition.update_film)
         assert wide == ((64, False) if name in NARROW_VARIANTS else (128, True)), name
         assert config.train.stage1_steps == (12000 if name == "long-stage1" else 6000), name
+
+
+def test_at_smoke_size_the_size_keeps_its_steps_and_the_variant_its_other_settings():
+    study = load_study()
+    before = dict(o.split("=", 1) for o in study.variant_overrides("before", "smoke"))
+    assert "train.stage1_steps" not in before and "train.stage2_steps" not in before
+    assert "model.transition.hidden" not in before  # the smoke model's width
+    assert before["train.lr_schedule"] == '"constant"'
+    assert study.variant_overrides("before", "full") == study.VARIANTS["before"][1]
+    args = study.build_parser().parse_args(["--size", "smoke", "--variants", "before"])
+    (cell,) = study.cells_of(args, "before")
+    config = load_config(cell.config_path, list(cell.overrides))
+    assert (config.train.stage1_steps, config.train.stage2_steps) == (1200, 600)
+    assert config.train.lr_schedule == "constant"
