@@ -424,6 +424,7 @@ class Trainer:
         start_time = log_time = time.perf_counter()
         start_step = self.step
         self.data_wait = 0.0
+        pending: dict[str, float] | None = None  # terms of a trained step whose record is due
         disable = not self.accelerator.is_main_process
         with Progress(f"stage {stage}", end, completed=self.step, disable=disable) as progress:
             try:
@@ -444,6 +445,7 @@ class Trainer:
                     self.last_loss = terms["total"]
                     progress.advance(loss=terms["total"])
                     if self.step % self.train.log_every == 0 or self.step == end:
+                        pending = terms  # a signal from here to its record still logs it
                         now = time.perf_counter()
                         rate = (self.step - start_step) / (now - start_time)
                         # share of the wall time since the last log spent waiting for data:
@@ -453,11 +455,14 @@ class Trainer:
                         record = {"stage": stage, "step": self.step, "steps_per_s": rate}
                         record["lr"] = base_lr * factor
                         self.log(record | {"data_wait": data_wait} | terms)
+                        pending = None
                     if self.step % self.train.eval_every == 0 and self.accelerator.is_main_process:
                         self.evaluate_now(stage)
                     if self.step % self.train.checkpoint_every == 0 or self.step == end:
                         self.checkpoint(optimizer, finished=self.step >= self.total_steps)
             except KeyboardInterrupt:
+                if pending is not None:  # the checkpoint's step was trained but not yet logged
+                    self.log({"stage": stage, "step": self.step, "lr": base_lr * factor} | pending)
                 self.checkpoint(optimizer, finished=False)
                 raise Interrupted(
                     f"interrupted at step {self.step}; checkpoint saved; "
