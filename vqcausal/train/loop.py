@@ -424,7 +424,7 @@ class Trainer:
         start_time = log_time = time.perf_counter()
         start_step = self.step
         self.data_wait = 0.0
-        pending: dict[str, float] | None = None  # terms of a trained step whose record is due
+        pending: dict[str, float] | None = None  # the record of a trained step, not yet logged
         disable = not self.accelerator.is_main_process
         with Progress(f"stage {stage}", end, completed=self.step, disable=disable) as progress:
             try:
@@ -438,23 +438,25 @@ class Trainer:
                         train.lr_final,
                         train.lr_decay_fraction,
                     )
+                    lr = base_lr * factor
                     for group in optimizer.param_groups:
-                        group["lr"] = base_lr * factor
+                        group["lr"] = lr
                     terms = step_fn()
                     self.step += 1
+                    # the step's record, held until written: a signal before then still logs it
+                    pending = None
+                    if self.step % self.train.log_every == 0 or self.step == end:
+                        pending = {"stage": stage, "step": self.step, "lr": lr} | terms
                     self.last_loss = terms["total"]
                     progress.advance(loss=terms["total"])
-                    if self.step % self.train.log_every == 0 or self.step == end:
-                        pending = terms  # a signal from here to its record still logs it
+                    if pending is not None:
                         now = time.perf_counter()
                         rate = (self.step - start_step) / (now - start_time)
                         # share of the wall time since the last log spent waiting for data:
                         # on an accelerator, the time it sits idle for want of images
                         data_wait = self.data_wait / max(now - log_time, 1e-9)
                         self.data_wait, log_time = 0.0, now
-                        record = {"stage": stage, "step": self.step, "steps_per_s": rate}
-                        record["lr"] = base_lr * factor
-                        self.log(record | {"data_wait": data_wait} | terms)
+                        self.log(pending | {"steps_per_s": rate, "data_wait": data_wait})
                         pending = None
                     if self.step % self.train.eval_every == 0 and self.accelerator.is_main_process:
                         self.evaluate_now(stage)
@@ -462,7 +464,7 @@ class Trainer:
                         self.checkpoint(optimizer, finished=self.step >= self.total_steps)
             except KeyboardInterrupt:
                 if pending is not None:  # the checkpoint's step was trained but not yet logged
-                    self.log({"stage": stage, "step": self.step, "lr": base_lr * factor} | pending)
+                    self.log(pending)
                 self.checkpoint(optimizer, finished=False)
                 raise Interrupted(
                     f"interrupted at step {self.step}; checkpoint saved; "
