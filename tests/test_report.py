@@ -215,3 +215,14 @@ def test_plots_write_valid_pngs(tmp_path):
     assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*.tmp*"))
     with pytest.raises(ValueError, match="shape"):
         plots.confusion_png([[1, 2]], ["a", "b"], tmp_path / "bad.png", "t")
+
+
+def test_training_curves_keep_bookkeeping_out_of_the_loss_panels():
+    records = [
+        {"stage": 1, "step": 50, "lr": 1e-3, "data_wait": 0.02, "steps_per_s": 6.7, "mse": 0.02},
+        {"stage": 2, "step": 9050, "total": 0.5, "focus_max": 2.0, "focus_min": 1.0},
+        {"step": 9050, "eval": {"recon_psnr": 33.0, "retrieval": {"balanced": 0.9}}},
+    ]
+    stages, evals = plots.curve_series(records)
+    assert stages == {1: {"mse": [(50.0, 0.02)]}, 2: {"total": [(9050.0, 0.5)]}}
+    assert evals == {"recon_psnr": [(9050.0, 33.0)], "retrieval.balanced": [(9050.0, 0.9)]}

@@ -18,8 +18,21 @@ from matplotlib.figure import Figure
 from vqcausal.atomic import atomic_path
 from vqcausal.runs import finite_number, leaves, metric_records
 
-#: metrics.jsonl keys that are bookkeeping, not loss terms
-_NOT_LOSSES = frozenset({"stage", "step", "steps_per_s", "lr", "time", "elapsed", "epoch"})
+#: metrics.jsonl keys that are bookkeeping (speed, schedule, sampling), not loss terms
+_NOT_LOSSES = frozenset(
+    {
+        "stage",
+        "step",
+        "steps_per_s",
+        "lr",
+        "time",
+        "elapsed",
+        "epoch",
+        "data_wait",
+        "focus_max",
+        "focus_min",
+    }
+)
 _MISSING_COLOUR = "#bbbbbb"
 
 
@@ -124,15 +137,19 @@ def _plot_series(
     ax.legend(fontsize=7, ncol=2 if len(series) > 6 else 1)
 
 
-def training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
-    """Loss terms per training stage over steps, plus evaluation metrics if any were logged.
+Series = dict[str, list[tuple[float, float]]]
 
-    Evaluation metrics are split into [0, 1]-valued ones (accuracies, rates) and the rest
-    (PSNR, losses), so neither scale flattens the other.
+
+def curve_series(records: Iterable[dict]) -> tuple[dict[int, Series], Series]:
+    """Split metrics records into per-stage training terms and evaluation metrics.
+
+    Each series is (step, value) points by name; bookkeeping keys (``_NOT_LOSSES``: speed,
+    learning rate, data waits, action-focus extremes) are left out, so they never share a
+    log-scaled panel with the losses.
     """
-    stages: dict[int, dict[str, list[tuple[float, float]]]] = {}
-    evals: dict[str, list[tuple[float, float]]] = {}
-    for record in _read_records(Path(metrics_jsonl)):
+    stages: dict[int, Series] = {}
+    evals: Series = {}
+    for record in records:
         step = float(record["step"])
         if isinstance(record.get("eval"), dict):
             for name, value in _flat_numbers(record["eval"]).items():
@@ -143,7 +160,16 @@ def training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
         for name, value in record.items():
             if name not in _NOT_LOSSES and (number := finite_number(value)) is not None:
                 stages.setdefault(stage, {}).setdefault(name, []).append((step, number))
+    return stages, evals
 
+
+def training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
+    """Loss terms per training stage over steps, plus evaluation metrics if any were logged.
+
+    Evaluation metrics are split into [0, 1]-valued ones (accuracies, rates) and the rest
+    (PSNR, losses), so neither scale flattens the other.
+    """
+    stages, evals = curve_series(_read_records(Path(metrics_jsonl)))
     unit = {k: v for k, v in evals.items() if all(0.0 <= y <= 1.0 for _, y in v)}
     other = {k: v for k, v in evals.items() if k not in unit}
     panels = [(f"stage {s} losses" if s else "losses", stages[s], True) for s in sorted(stages)]

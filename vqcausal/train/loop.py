@@ -42,6 +42,7 @@ from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
 from vqcausal.train.checkpoint import load_train_state, save_checkpoint
 from vqcausal.train.evaluation import EvalSet, held_out_metrics, save_figures
 from vqcausal.train.focus import ActionFocus
+from vqcausal.train.signals import deferred_signals
 from vqcausal.train.trackers import flatten, log_images, log_summary
 
 
@@ -441,12 +442,14 @@ class Trainer:
                     lr = base_lr * factor
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    terms = step_fn()
-                    self.step += 1
-                    # the step's record, held until written: a signal before then still logs it
-                    pending = None
-                    if self.step % self.train.log_every == 0 or self.step == end:
-                        pending = {"stage": stage, "step": self.step, "lr": lr} | terms
+                    # weights and counter move together: a signal waits for the whole step
+                    with deferred_signals():
+                        terms = step_fn()
+                        self.step += 1
+                        # the step's record, held until written: a signal before then logs it
+                        pending = None
+                        if self.step % self.train.log_every == 0 or self.step == end:
+                            pending = {"stage": stage, "step": self.step, "lr": lr} | terms
                     self.last_loss = terms["total"]
                     progress.advance(loss=terms["total"])
                     if pending is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -53,6 +52,7 @@ from vqcausal.train.shared_stage1 import (
     stage1_checkpoint,
     with_stage1_measurements,
 )
+from vqcausal.train.signals import sigterm_as_interrupt
 
 STAGES = {"all": (1, 2), "1": (1,), "2": (2,)}
 
@@ -182,24 +182,6 @@ def _build(args: argparse.Namespace):
 
     tracking.start(accelerator, trackers, run_dir, to_dict(config), config.tags)
     return config, source, model, run_dir, accelerator, resume
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (schedulers, ``timeout``, ``docker stop``, ``kill``) stops training as Ctrl-C
-    does: a checkpoint and the resume command, instead of a silent death."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers (training inside a worker thread)
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
