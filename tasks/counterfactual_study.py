@@ -56,11 +56,14 @@ from vqcausal.sweep.spec import SIZES, SweepError
 
 #: the transition of the code defaults (64 wide, the action only shifting the update)
 NARROW = ("model.transition.hidden=64", "model.transition.update_film=false")
+#: the default's stage 1 and stage-2 sampling before the long stage 1 (6,000 steps, the decay
+#: over the last fifth, no focus)
+SHORT_STAGE1 = ("train.stage1_steps=6000", "train.lr_decay_fraction=0.2", "train.action_focus=0.0")
 #: the default model before the atomicity work
 BEFORE = (
     *NARROW,
     'train.lr_schedule="constant"',
-    "train.stage1_steps=6000",
+    *SHORT_STAGE1,
     "train.stage2_steps=3000",
     "model.transition.train_slots=0",
     "model.transition.w_changed=0.0",
@@ -91,24 +94,27 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "default with constant learning rates (the default before train.lr_schedule = wsd)",
         ('train.lr_schedule="constant"',),
     ),
-    "action-focus": (
-        "default with stage-2 actions drawn in proportion to (their running training loss / "
-        "the mean) ** 2 (train.action_focus = 2: shape's lever on balanced data, not the "
-        "default because it draws a rare, memorised action less)",
-        ("train.action_focus=2",),
+    "no-focus": (
+        "default without action focus (train.action_focus = 0: stage 2 draws actions "
+        "uniformly; focus moves draws from the hues to shape)",
+        ("train.action_focus=0.0",),
+    ),
+    "focus-floor": (
+        "default with train.focus_floor = 1: focus only adds draws to the hard factors, every "
+        "action keeps at least its balanced share (kinder to a rare, memorised action)",
+        ("train.focus_floor=1.0",),
     ),
     "narrow-transition": (
         "the default before the wide transition: the code defaults' transition (64 wide, "
-        "the action only shifting the update), 6,000 + 4,000 steps (tools/transition_probe.py "
-        "found width, not depth, the lever on the codes that change)",
-        (*NARROW, "train.stage1_steps=6000", "train.stage2_steps=4000"),
+        "the action only shifting the update), 6,000 + 4,000 steps, no focus "
+        "(tools/transition_probe.py found width, not depth, the lever on the codes that change)",
+        (*NARROW, *SHORT_STAGE1, "train.stage2_steps=4000"),
     ),
-    "long-stage1": (
-        "default with a stage 1 twice as long and fewer stage-2 steps, 12,000 + 2,000 (the "
-        "autoencoder bounds atomicity: its ceiling was 0.855 at 6,000 stage-1 steps and 0.989 "
-        "at 12,000, seed 0; ~32 CPU minutes; not the default: seed 2's stage 1 diverged at "
-        "step ~9,150 and ended at ceiling 0.626)",
-        ("train.stage1_steps=12000", "train.stage2_steps=2000"),
+    "short-stage1": (
+        "the default before the long stage 1: 6,000 + 3,000 steps, the decay over each stage's "
+        "last fifth, no focus (the autoencoder bounds atomicity: its ceiling was 0.86 - 0.93 "
+        "at 6,000 stage-1 steps, 0.98 - 0.99 at 12,000)",
+        (*SHORT_STAGE1, "train.stage2_steps=3000"),
     ),
 }
 

@@ -16,11 +16,12 @@ Runtime. ``smoke`` (shapes3d; vq and gaussian; rho 1 and 100; one seed; a small 
 1200 + 600 steps; ``evaluate --fast``): 4 cells, two at a time with one thread each; it took
 14 minutes end to end on a 2-core CPU that other work kept busy (load average ~4).
 ``full`` (shapes3d and sprites; vq, scm, gaussian, ladder; actions and values at rho 1, 10,
-100, held_out at k 1, 10, 100; seeds 0, 1, 2; the default model and steps, 6000 + 3000):
-192 cells. On one H100 with two cells side by side (the default ``--jobs 2``), a cell at
-1500 + 750 steps took 5m46s: ~1 min training, ~4.5 min ``vqcausal evaluate`` (its
-disentanglement scores alone ~4 min, on the CPU); at the default steps that is ~9 min per
-two cells, so ~15 hours for the whole grid on one GPU, less on a cluster of GPUs
+100, held_out at k 1, 10, 100; seeds 0, 1, 2; the default models and steps, shapes3d
+12000 + 2000, sprites 6000 + 3000): 192 cells. On one H100 with two cells side by side (the
+default ``--jobs 2``), a cell at 1500 + 750 steps took 5m46s: ~1 min training, ~4.5 min
+``vqcausal evaluate`` (its disentanglement scores alone ~4 min, on the CPU); at the default
+steps that is ~9 - 11 min per two cells (extrapolated), so ~15 - 17 hours for the whole grid
+on one GPU, less on a cluster of GPUs
 (``--address``; two cells share a GPU, ``--gpus-per-cell``) or fewer cells (``--modes
 actions`` alone is 72 cells). On a 2-core CPU a full cell takes most of an hour: use a GPU.
 Each job gets cores / jobs torch threads; on a machine that
@@ -29,8 +30,10 @@ threads than with one while other processes loaded both cores).
 
 ``cpu`` is the claim at the size a 2-core CPU trains (the README's Rare actions grid):
 shapes3d, ``vq`` against ``gaussian`` and ``ladder``, ``actions`` at rho 1, 10, 100 and
-``held_out`` at k = 16, seeds 0, 1, 2 (36 cells), the default model with its full 6000-step
-stage 1 and 2000 stage-2 steps per cell. Stage 1 never reads an action, so the cells of one
+``held_out`` at k = 16, seeds 0, 1, 2 (36 cells), the default model with half its stage 1
+(6000 steps, the decay over the last fifth: the default's stage 1 before it doubled; the
+grid's cells compare with each other, not with the default run) and 2000 stage-2 steps per
+cell. Stage 1 never reads an action, so the cells of one
 (latent, seed) share one stage-1 run (a ``stage1`` cell folder, trained with ``train.py
 --stage 1`` by the first cell that needs it; the others wait for it and each starts from a
 copy of it with ``train.py --stage1-from``): 9 stage-1 runs instead of 36. Measured two side

@@ -64,14 +64,19 @@ def test_without_variants_the_study_runs_before_and_default_and_every_variant_is
     shapes3d = Path(__file__).resolve().parent.parent / "configs" / "shapes3d.toml"
     for name, (_, overrides) in study.VARIANTS.items():
         config = load_config(shapes3d, [*overrides])
-        if name == "action-focus":
-            assert config.train.action_focus == 2.0
         if name == "default":
-            assert config.train.action_focus == 0.0 and config.train.lr_schedule == "wsd"
+            assert config.train.lr_schedule == "wsd" and config.train.focus_floor == 0.125
         # the default config's wide transition; the variants before it take the narrow one
         wide = (config.model.transition.hidden, config.model.transition.update_film)
         assert wide == ((64, False) if name in NARROW_VARIANTS else (128, True)), name
-        assert config.train.stage1_steps == (12000 if name == "long-stage1" else 6000), name
+        # the variants measured before the long stage 1 pin its 6,000 steps, the decay over the
+        # last fifth and no focus; the rest are the default's 12,000 steps with focus
+        short = name in {*NARROW_VARIANTS, "short-stage1"}
+        train = config.train
+        assert train.stage1_steps == (6000 if short else 12000), name
+        assert train.lr_decay_fraction == (0.2 if short else 0.5), name
+        assert train.action_focus == (0.0 if short or name == "no-focus" else 2.0), name
+        assert train.focus_floor == (1.0 if name == "focus-floor" else 0.125), name
 
 
 def test_at_smoke_size_the_size_keeps_its_steps_and_the_variant_its_other_settings():

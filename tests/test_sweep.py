@@ -51,6 +51,12 @@ def test_cpu_plan_is_the_issue_grid_with_the_default_model():
     config = resolved(cells[2 * 3])  # vq at rho 100, seed 0
     assert config.model.autoencoder.widths == [32, 64, 128]  # configs/shapes3d.toml
     assert (config.train.stage1_steps, config.train.stage2_steps) == (6000, 2000)
+    # the default's stage 1 before it doubled (the shared autoencoders measured at that size)
+    assert config.train.lr_decay_fraction == 0.2
+    assert (
+        config.train.action_focus
+        == load_config(spec.CONFIG_DIR / "shapes3d.toml").train.action_focus
+    )
     assert config.transitions.imbalance == 100.0 and config.model.latent == "vq"
     held = resolved(cells[9])
     assert (held.transitions.rare_action, held.transitions.rare_examples) == ("object_hue+", 16)
