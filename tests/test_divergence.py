@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_folder
 
 from vqcausal.train import loop
@@ -46,6 +47,7 @@ def warnings(capsys) -> list[str]:
     return [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning: step")]
 
 
+@pytest.mark.slow  # trains smoke runs
 def test_training_warns_at_each_evaluation_that_falls_below_its_best(tmp_path, monkeypatch, capsys):
     scripted_run(tmp_path, monkeypatch, [30.0, 31.0, 27.5, 28.0], stage1_steps=20)
     assert warnings(capsys) == [
@@ -58,6 +60,7 @@ def test_training_warns_at_each_evaluation_that_falls_below_its_best(tmp_path, m
     ]
 
 
+@pytest.mark.slow  # trains smoke runs
 def test_a_resumed_run_remembers_its_best(tmp_path, monkeypatch, capsys):
     scripted_run(tmp_path, monkeypatch, [31.0, 31.5, 27.0, 27.2], stage1_steps=10)
     assert warnings(capsys) == []

@@ -44,6 +44,7 @@ def test_an_ignored_signal_stays_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow  # trains a smoke run and resumes it
 def test_sigterm_after_the_optimizer_step_checkpoints_that_step(tmp_path, monkeypatch):
     """SIGTERM lands right after the 7th update's ``optimizer.step()``: the checkpoint holds 7
     steps' weights and says so, and the resume trains exactly the steps left."""
