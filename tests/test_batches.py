@@ -11,7 +11,7 @@ from vqcausal.train.batches import (
     loader,
     step_seed,
 )
-from vqcausal.train.loop import pair_weights, with_reversed_pairs
+from vqcausal.train.stage2_pairs import pair_weights, with_reversed_pairs
 
 
 def _collect(stream: StepBatches, workers: int) -> list[dict[str, torch.Tensor]]:

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_folder
 
 from vqcausal.train import loop
-from vqcausal.train.loop import DIVERGED_DB, best_recon, divergence
+from vqcausal.train.divergence import DIVERGED_DB, best_recon, divergence
 from vqcausal.train.run import main as train
 
 

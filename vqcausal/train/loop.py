@@ -25,7 +25,7 @@ from torch import nn
 from vqcausal.atomic import atomic_path, write_json_atomic, write_text_atomic
 from vqcausal.config import Config, to_dict
 from vqcausal.data.source import ConceptScaler, GroundTruthSource, to_float
-from vqcausal.data.transitions import Transitions, TransitionSampler
+from vqcausal.data.transitions import TransitionSampler
 from vqcausal.errors import VQCausalError
 from vqcausal.models.base import PAIR_LOSS, CausalImageModel
 from vqcausal.progress import Progress
@@ -38,11 +38,13 @@ from vqcausal.runs import (
     resume_hint,
 )
 from vqcausal.schedule import lr_factor
-from vqcausal.train.batches import PairChunks, StepBatches, data_workers, loader
+from vqcausal.train.batches import StepBatches, data_workers, loader
 from vqcausal.train.checkpoint import load_train_state, save_checkpoint
+from vqcausal.train.divergence import best_recon, divergence
 from vqcausal.train.evaluation import EvalSet, held_out_metrics, save_figures
 from vqcausal.train.focus import ActionFocus
 from vqcausal.train.signals import deferred_signals
+from vqcausal.train.stage2_pairs import encode_transitions, pair_weights, with_reversed_pairs
 from vqcausal.train.trackers import flatten, log_images, log_summary
 
 
@@ -52,79 +54,6 @@ class TrainingError(VQCausalError):
 
 class Interrupted(VQCausalError):
     """Ctrl-C: a checkpoint was saved and the run can be resumed."""
-
-
-@torch.no_grad()
-def encode_transitions(
-    model: CausalImageModel,
-    sampler: TransitionSampler,
-    t: Transitions,
-    batch: int = 256,
-    workers: int = 0,
-    show: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents of x and x' for factor-level transitions, rendered (in ``workers`` processes)
-    and encoded in chunks, with progress (``show``)."""
-    latents, latents_next = [], []
-    device = next(model.parameters()).device
-    chunks = loader(PairChunks(sampler, t, batch), workers, pin_memory=device.type == "cuda")
-    with Progress("encoding stage-2 pairs", len(t), transient=True, disable=not show) as bar:
-        for x, x_next in chunks:
-            both = to_float(torch.cat([x, x_next]).to(device, non_blocking=True))
-            z = model.encode(both).cpu()
-            latents.append(z[: len(x)])
-            latents_next.append(z[len(x) :])
-            bar.advance(len(x))
-    return torch.cat(latents), torch.cat(latents_next)
-
-
-#: a stage-1 evaluation this many dB below the best of the run so far is reported: training
-#: diverged. Seen once in a 12,000-step shapes3d stage 1 at the full rate (seed 2, step ~9,150:
-#: the MSE 50x, the code perplexity halved; recon 34.8 -> 27.8 dB and only 30.4 at the end)
-DIVERGED_DB = 3.0
-
-
-def divergence(best: float | None, psnr: float, step: int) -> str | None:
-    """The warning for a stage-1 evaluation at ``psnr`` dB after a best of ``best``, if any."""
-    if best is None or psnr > best - DIVERGED_DB:
-        return None
-    return (
-        f"step {step}: reconstruction PSNR fell to {psnr:.1f} dB from the run's best "
-        f"{best:.1f} dB; stage 1 diverged (a lower train.lr or a longer "
-        "train.lr_decay_fraction lowers the full rate's time)"
-    )
-
-
-def best_recon(path: Path) -> float | None:
-    """The best stage-1 reconstruction PSNR a run's ``metrics.jsonl`` holds (for a resume)."""
-    if not path.exists():
-        return None
-    found = [
-        r["eval"]["recon_psnr"]
-        for _, r in metric_records(path)
-        if r.get("stage") == 1 and isinstance(r.get("eval"), dict) and "recon_psnr" in r["eval"]
-    ]
-    return max(found, default=None)
-
-
-def pair_weights(actions: torch.Tensor, balance: bool) -> torch.Tensor:
-    """Sampling weight of each cached pair: uniform, or 1/count(action) so that every action
-    present is drawn equally often (the usual remedy for a long-tailed class distribution)."""
-    if not balance:
-        return torch.ones(len(actions))
-    counts = torch.bincount(actions)
-    return 1.0 / counts[actions].double()
-
-
-def with_reversed_pairs(
-    cache: dict[str, torch.Tensor], inverse: Callable[[torch.Tensor], torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """The cached pairs followed by each pair reversed: (z', inverse(a), z)."""
-    return {
-        "latents": torch.cat([cache["latents"], cache["latents_next"]]),
-        "actions": torch.cat([cache["actions"], inverse(cache["actions"])]),
-        "latents_next": torch.cat([cache["latents_next"], cache["latents"]]),
-    }
 
 
 def clip_groups(module: nn.Module, apart: list[list[nn.Parameter]]) -> list[list[nn.Parameter]]:
