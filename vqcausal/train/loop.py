@@ -354,7 +354,6 @@ class Trainer:
         start_time = log_time = time.perf_counter()
         start_step = self.step
         self.data_wait = 0.0
-        pending: dict[str, float] | None = None  # the record of a trained step, not yet logged
         disable = not self.accelerator.is_main_process
         with Progress(f"stage {stage}", end, completed=self.step, disable=disable) as progress:
             try:
@@ -371,32 +370,27 @@ class Trainer:
                     lr = base_lr * factor
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    # weights and counter move together: a signal waits for the whole step
+                    # a step's weights, counter and log record move together: a signal waits
+                    # for all three, so a checkpoint never holds a step unlogged or unnumbered
                     with deferred_signals():
                         terms = step_fn()
                         self.step += 1
-                        # the step's record, held until written: a signal before then logs it
-                        pending = None
                         if self.step % self.train.log_every == 0 or self.step == end:
-                            pending = {"stage": stage, "step": self.step, "lr": lr} | terms
+                            now = time.perf_counter()
+                            rate = (self.step - start_step) / (now - start_time)
+                            # share of the wall time since the last log spent waiting for data:
+                            # on an accelerator, the time it sits idle for want of images
+                            data_wait = self.data_wait / max(now - log_time, 1e-9)
+                            self.data_wait, log_time = 0.0, now
+                            record = {"stage": stage, "step": self.step, "lr": lr} | terms
+                            self.log(record | {"steps_per_s": rate, "data_wait": data_wait})
                     self.last_loss = terms["total"]
                     progress.advance(loss=terms["total"])
-                    if pending is not None:
-                        now = time.perf_counter()
-                        rate = (self.step - start_step) / (now - start_time)
-                        # share of the wall time since the last log spent waiting for data:
-                        # on an accelerator, the time it sits idle for want of images
-                        data_wait = self.data_wait / max(now - log_time, 1e-9)
-                        self.data_wait, log_time = 0.0, now
-                        self.log(pending | {"steps_per_s": rate, "data_wait": data_wait})
-                        pending = None
                     if self.step % self.train.eval_every == 0 and self.accelerator.is_main_process:
                         self.evaluate_now(stage)
                     if self.step % self.train.checkpoint_every == 0 or self.step == end:
                         self.checkpoint(optimizer, finished=self.step >= self.total_steps)
             except KeyboardInterrupt:
-                if pending is not None:  # the checkpoint's step was trained but not yet logged
-                    self.log(pending)
                 self.checkpoint(optimizer, finished=False)
                 raise Interrupted(
                     f"interrupted at step {self.step}; checkpoint saved; "
