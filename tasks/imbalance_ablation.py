@@ -17,7 +17,7 @@ Runtime. ``smoke`` (shapes3d; vq and gaussian; rho 1 and 100; one seed; a small 
 14 minutes end to end on a 2-core CPU that other work kept busy (load average ~4).
 ``full`` (shapes3d and sprites; vq, scm, gaussian, ladder; actions and values at rho 1, 10,
 100, held_out at k 1, 10, 100; seeds 0, 1, 2; the default models and steps, shapes3d
-12000 + 2000, sprites 6000 + 3000): 192 cells. On one H100 with two cells side by side (the
+12000 + 2500, sprites 6000 + 3000): 192 cells. On one H100 with two cells side by side (the
 default ``--jobs 2``), a cell at 1500 + 750 steps took 5m46s: ~1 min training, ~4.5 min
 ``vqcausal evaluate`` (its disentanglement scores alone ~4 min, on the CPU); at the default
 steps that is ~9 - 11 min per two cells (extrapolated), so ~15 - 17 hours for the whole grid

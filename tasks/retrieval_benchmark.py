@@ -15,7 +15,7 @@ either direction) and top-3. Runs use the same resumable machinery as the imbala
 Runtime. ``smoke`` (the small model of the ablation's smoke size, 1200 + 600 steps,
 ``evaluate --fast`` on 1024 pairs): the two runs side by side took 4 minutes on an otherwise
 idle 2-core CPU (twice that when other work shares the cores). ``full`` (the configs as they
-are, shapes3d 12000 + 2000 and sprites 6000 + 3000 steps, the full evaluation on 4096
+are, shapes3d 12000 + 2500 and sprites 6000 + 3000 steps, the full evaluation on 4096
 pairs): about 10 minutes for the two runs side by side on one H100, extrapolated from a
 measured 1500 + 750-step pair on one (5m46s: ~1 min training, ~4.5 min evaluation, mostly the
 disentanglement scores on the CPU); on a 2-core CPU most of an hour per run.

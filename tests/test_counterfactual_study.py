@@ -77,6 +77,10 @@ def test_without_variants_the_study_runs_before_and_default_and_every_variant_is
         assert train.lr_decay_fraction == (0.2 if short else 0.5), name
         assert train.action_focus == (0.0 if short or name == "no-focus" else 2.0), name
         assert train.focus_floor == (1.0 if name == "focus-floor" else 0.125), name
+        # 2,500 stage-2 steps since the long stage 1; the variants before it pin their own
+        pinned = {"before": 3000, "transition-training": 3000, "narrow-transition": 4000}
+        pinned |= {"short-stage1": 3000, "short-stage2": 2000}
+        assert train.stage2_steps == pinned.get(name, 2500), name
 
 
 def test_at_smoke_size_the_size_keeps_its_steps_and_the_variant_its_other_settings():
