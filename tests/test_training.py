@@ -140,6 +140,22 @@ def test_rendering_in_loader_workers_trains_the_same_model(tmp_path):
     assert curves[0] == curves[1] and len(curves[0]) == 40
 
 
+def test_in_training_evaluation_does_not_change_training(tmp_path):
+    """The held-out evaluation reads the model in eval mode and draws from no RNG, so how often
+    it runs (``train.eval_every``, 2,000 in the default config to save time) leaves the loss
+    curve as it is, bit for bit, in both stages."""
+    base = ["--config", "configs/smoke.toml", *sum((["--set", s] for s in TINY), [])]
+    curves = []
+    for every in (1000, 3):
+        runs = tmp_path / f"every{every}"
+        assert train([*base, "--set", f'runs="{runs}"', "--set", f"train.eval_every={every}"]) == 0
+        records = (run_folder(runs) / "metrics.jsonl").read_text().splitlines()
+        evals = [json.loads(r)["step"] for r in records if '"eval"' in r]
+        assert evals == ([40] if every == 1000 else [*range(3, 40, 3), 40])
+        curves.append(losses(run_folder(runs)))
+    assert curves[0] == curves[1] and len(curves[0]) == 40
+
+
 @pytest.mark.slow
 def test_compiled_channels_last_training_follows_the_eager_curve(tmp_path):
     """train.compile wraps the training step in torch.compile (aot_eager: the same kernels,
