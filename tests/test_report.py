@@ -217,12 +217,23 @@ def test_plots_write_valid_pngs(tmp_path):
         plots.confusion_png([[1, 2]], ["a", "b"], tmp_path / "bad.png", "t")
 
 
-def test_training_curves_keep_bookkeeping_out_of_the_loss_panels():
+def test_training_curves_keep_bookkeeping_and_code_statistics_out_of_the_loss_panels(tmp_path):
     records = [
         {"stage": 1, "step": 50, "lr": 1e-3, "data_wait": 0.02, "steps_per_s": 6.7, "mse": 0.02},
-        {"stage": 2, "step": 9050, "total": 0.5, "focus_max": 2.0, "focus_min": 1.0},
+        {"stage": 1, "step": 100, "mse": 0.01, "perplexity": 80.0, "usage_0": 0.9},
+        {"stage": 2, "step": 9050, "total": 0.5, "acyclic": 0.0, "focus_max": 2.0},
         {"step": 9050, "eval": {"recon_psnr": 33.0, "retrieval": {"balanced": 0.9}}},
     ]
-    stages, evals = plots.curve_series(records)
-    assert stages == {1: {"mse": [(50.0, 0.02)]}, 2: {"total": [(9050.0, 0.5)]}}
-    assert evals == {"recon_psnr": [(9050.0, 33.0)], "retrieval.balanced": [(9050.0, 0.9)]}
+    curves = plots.curve_series(records)
+    assert curves.losses == {
+        1: {"mse": [(50.0, 0.02), (100.0, 0.01)]},
+        2: {"total": [(9050.0, 0.5)], "acyclic": [(9050.0, 0.0)]},
+    }
+    assert curves.diagnostics == {1: {"perplexity": [(100.0, 80.0)], "usage_0": [(100.0, 0.9)]}}
+    assert curves.evals == {"recon_psnr": [(9050.0, 33.0)], "retrieval.balanced": [(9050.0, 0.9)]}
+    # a loss 0 throughout is named, not drawn: the other losses keep their log scale
+    fig = plots._figure(4, 3)
+    ax = fig.add_subplot()
+    plots._plot_series(ax, curves.losses[2], "stage 2 losses", log_y=True)
+    assert ax.get_yscale() == "log" and "acyclic: 0 throughout" in ax.get_title()
+    assert [line.get_label() for line in ax.get_lines()] == ["total"]

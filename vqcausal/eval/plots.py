@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,9 @@ _NOT_LOSSES = frozenset(
         "focus_min",
     }
 )
+#: prefixes of training-record keys that describe the codes (quantizer perplexity, share of the
+#: codebook in use), not a loss: a panel of their own, so they never share the losses' axis
+_DIAGNOSTIC_PREFIXES = ("perplexity", "usage", "code_")
 _MISSING_COLOUR = "#bbbbbb"
 
 
@@ -121,46 +125,64 @@ def _read_records(metrics_jsonl: Path) -> Iterable[dict]:
     return (record for _, record in metric_records(Path(metrics_jsonl)))
 
 
-def _plot_series(
-    ax, series: dict[str, list[tuple[float, float]]], title: str, losses: bool
-) -> None:
-    """Losses on log-y when all positive (they span decades); metrics on linear y."""
+def _plot_series(ax, series: dict[str, list[tuple[float, float]]], title: str, log_y: bool) -> None:
+    """``log_y`` (losses, code statistics): log-y when all positive, as they span decades; a
+    series 0 throughout (e.g. ``acyclic`` when the graph has no cycle to penalise) is named in
+    the title rather than drawn, so it does not force the rest onto a linear scale. Else
+    (evaluation metrics) linear y."""
+    if log_y:
+        zero = sorted(k for k, points in series.items() if all(v == 0 for _, v in points))
+        series = {k: v for k, v in series.items() if k not in zero}
+        if zero:
+            title = f"{title} ({', '.join(zero)}: 0 throughout)"
     for name in sorted(series):
         steps, values = zip(*sorted(series[name]), strict=True)
         ax.plot(steps, values, label=name, linewidth=1.2, marker="." if len(steps) < 20 else None)
     values = [v for points in series.values() for _, v in points]
-    if losses and values and min(values) > 0:
+    if log_y and values and min(values) > 0:
         ax.set_yscale("log")
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(series) > 6 else 1)
+    if series:
+        ax.legend(fontsize=7, ncol=2 if len(series) > 6 else 1)
 
 
 Series = dict[str, list[tuple[float, float]]]
 
 
-def curve_series(records: Iterable[dict]) -> tuple[dict[int, Series], Series]:
-    """Split metrics records into per-stage training terms and evaluation metrics.
+@dataclass
+class Curves:
+    """A run's ``metrics.jsonl`` as plottable series of (step, value) points by name."""
 
-    Each series is (step, value) points by name; bookkeeping keys (``_NOT_LOSSES``: speed,
-    learning rate, data waits, action-focus extremes) are left out, so they never share a
-    log-scaled panel with the losses.
+    losses: dict[int, Series] = field(default_factory=dict)  # per stage: the loss terms
+    diagnostics: dict[int, Series] = field(default_factory=dict)  # per stage: code statistics
+    evals: Series = field(default_factory=dict)  # the held-out evaluations
+
+
+def curve_series(records: Iterable[dict]) -> Curves:
+    """Split metrics records into per-stage loss terms, per-stage code statistics
+    (``_DIAGNOSTIC_PREFIXES``) and evaluation metrics.
+
+    Bookkeeping keys (``_NOT_LOSSES``: speed, learning rate, data waits, action-focus extremes)
+    are left out, so they never share a log-scaled panel with the losses.
     """
-    stages: dict[int, Series] = {}
-    evals: Series = {}
+    curves = Curves()
     for record in records:
         step = float(record["step"])
         if isinstance(record.get("eval"), dict):
             for name, value in _flat_numbers(record["eval"]).items():
-                evals.setdefault(name, []).append((step, value))
+                curves.evals.setdefault(name, []).append((step, value))
             continue
         stage = record.get("stage")
         stage = int(stage) if finite_number(stage) is not None else 0
         for name, value in record.items():
             if name not in _NOT_LOSSES and (number := finite_number(value)) is not None:
-                stages.setdefault(stage, {}).setdefault(name, []).append((step, number))
-    return stages, evals
+                kind = (
+                    curves.diagnostics if name.startswith(_DIAGNOSTIC_PREFIXES) else curves.losses
+                )
+                kind.setdefault(stage, {}).setdefault(name, []).append((step, number))
+    return curves
 
 
 def training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
@@ -169,10 +191,17 @@ def training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
     Evaluation metrics are split into [0, 1]-valued ones (accuracies, rates) and the rest
     (PSNR, losses), so neither scale flattens the other.
     """
-    stages, evals = curve_series(_read_records(Path(metrics_jsonl)))
+    curves = curve_series(_read_records(Path(metrics_jsonl)))
+    evals = curves.evals
     unit = {k: v for k, v in evals.items() if all(0.0 <= y <= 1.0 for _, y in v)}
     other = {k: v for k, v in evals.items() if k not in unit}
-    panels = [(f"stage {s} losses" if s else "losses", stages[s], True) for s in sorted(stages)]
+    panels = []
+    for stage in sorted(curves.losses.keys() | curves.diagnostics.keys()):
+        name = f"stage {stage}" if stage else "training"
+        if stage in curves.losses:
+            panels.append((f"{name} losses", curves.losses[stage], True))
+        if stage in curves.diagnostics:
+            panels.append((f"{name} codes (perplexity, usage)", curves.diagnostics[stage], True))
     panels += [(t, s, False) for t, s in [("evaluation", unit), ("evaluation (other)", other)] if s]
 
     fig = _figure(7.5, 3.2 * max(1, len(panels)))
@@ -180,8 +209,8 @@ def training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no training records", ha="center", va="center")
         ax.set_axis_off()
-    for i, (title, series, losses) in enumerate(panels):
-        _plot_series(fig.add_subplot(len(panels), 1, i + 1), series, title, losses)
+    for i, (title, series, log_y) in enumerate(panels):
+        _plot_series(fig.add_subplot(len(panels), 1, i + 1), series, title, log_y)
     return _save(fig, path)
 
 
