@@ -227,6 +227,8 @@ def write_report(
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "machine": platform.processor() or platform.machine(),
+        # the vector units torch's CPU kernels use (AVX2, AVX512): rates differ ~2.5x between them
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "results": results,
         **sections,
     }

@@ -104,8 +104,10 @@ def fit_to_data(config: Config, source: GroundTruthSource) -> Config:
     return dataclasses.replace(config, model=model)
 
 
-def _build(args: argparse.Namespace):
-    """Config, source, model, run folder and resume point for the command line."""
+def build_training(args: argparse.Namespace):
+    """Config, source, model, run folder, accelerator and resume point for the command line's
+    arguments (``build_parser``): what ``train.py`` trains, and what ``tools/bench_train_time.py``
+    times."""
     import torch
     from accelerate import Accelerator
 
@@ -247,7 +249,7 @@ def _train(args: argparse.Namespace) -> None:
 def _train_locked(args: argparse.Namespace) -> None:
     from vqcausal.train.loop import Trainer
 
-    config, source, model, run_dir, accelerator, resume = _build(args)
+    config, source, model, run_dir, accelerator, resume = build_training(args)
     new_run = accelerator.is_main_process and not args.resume
     lock = run_lock(run_dir) if new_run else contextlib.nullcontext()
     with (
