@@ -237,7 +237,7 @@ def comparison_grid(results: list[dict], dataset: str, path: Path) -> Path | Non
     and, for the first seed, the pair seed), so each row compares the variants on one pair."""
     from vqcausal.data.source import to_float
     from vqcausal.eval.counterfactual import pairs_per_action
-    from vqcausal.eval.evaluate import prepare
+    from vqcausal.eval.inputs import prepare
     from vqcausal.eval.pairs import encode_images
     from vqcausal.viz import labelled_rows, save_png
 

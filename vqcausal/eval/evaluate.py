@@ -25,7 +25,10 @@ into the run folder. Every section works for every latent module (vq, gaussian, 
   best by MIC (see :func:`vqcausal.eval.alignment.align_latents`).
 
 On factor grids small enough to hold in memory (the toy scene, the pendulum), every grid
-point is rendered and encoded at most once, however often the metrics ask for it.
+point is rendered and encoded at most once, however often the metrics ask for it
+(:mod:`vqcausal.eval.grid_cache`). The checks before anything is written live in
+:mod:`vqcausal.eval.inputs`, the sections but the counterfactual one in
+:mod:`vqcausal.eval.sections`; this module runs them in order and writes the results.
 """
 
 from __future__ import annotations
@@ -41,306 +44,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqcausal.config import Config
-from vqcausal.data.source import GroundTruthSource, to_float
-from vqcausal.data.transitions import SPLITS, Transitions, TransitionSampler
-from vqcausal.errors import VQCausalError
-from vqcausal.eval.alignment import MIC_CANDIDATES, align_latents
-from vqcausal.eval.pairs import CHUNK, PairLatents, chunks, encode_images, model_device
-from vqcausal.models.base import RETRIEVAL_METHODS, CausalImageModel
-from vqcausal.runs import Checkpoint
+from vqcausal.data.source import to_float
+from vqcausal.data.transitions import Transitions
+from vqcausal.eval.alignment import MIC_CANDIDATES
+from vqcausal.eval.grid_cache import ImageCache, Representation
+from vqcausal.eval.inputs import Inputs, prepare
+from vqcausal.eval.pairs import CHUNK, PairLatents, encode_images
+from vqcausal.eval.sections import (
+    EDGE_THRESHOLD,
+    TOP_K,
+    disentanglement_section,
+    reconstruction_section,
+    retrieval_section,
+    structure_section,
+)
+from vqcausal.models.base import CausalImageModel
 
-DEFAULT_PAIRS = 1024
-FAST_PAIRS = 128
 MIC_POINTS = 1000
 FAST_MIC_POINTS = 300
-EDGE_THRESHOLD = 0.3  # graph weights above this count as edges (unless the latent has its own)
-TOP_K = (1, 3)
-PAIR_SEED_OFFSET = 104729  # the same offset as the in-training EvalSet
 FIGURE_COLUMNS = 12  # images in a row of recon.png
-IMAGE_CACHE_BYTES = 512 * 2**20
-REPRESENTATION_CACHE_ELEMENTS = 32 * 2**20
-
-
-class EvaluationError(VQCausalError):
-    """A run or option that ``vqcausal evaluate`` cannot use."""
-
-
-# ---- inputs ---------------------------------------------------------------------------------
-@dataclass
-class Inputs:
-    """Everything validated before anything is written."""
-
-    run_dir: Path
-    out_dir: Path
-    model: CausalImageModel
-    checkpoint: Checkpoint
-    config: Config
-    source: GroundTruthSource
-    sampler: TransitionSampler
-    split: str
-    seed: int
-    fast: bool
-    transitions: Transitions
-    # the stage-2 training pairs as latents, for the transition's fit (None without a cache)
-    training_cache: dict[str, torch.Tensor] | None
-
-
-def prepare(
-    run_dir: str | Path,
-    out: str | Path | None = None,
-    split: str = "test",
-    pairs: int | None = None,
-    fast: bool = False,
-    seed: int | None = None,
-) -> Inputs:
-    """Load and check the run, its data and the options; writes nothing."""
-    from vqcausal.data.registry import load_source
-    from vqcausal.runs import config_from_meta, load_model_from_run, read_latent_cache
-
-    if split not in SPLITS:
-        raise EvaluationError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
-    if pairs is not None and pairs < 1:
-        raise EvaluationError(f"--pairs must be at least 1, got {pairs}")
-    run_dir = Path(run_dir)
-    out_dir = Path(out) if out is not None else run_dir / "eval"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EvaluationError(f"output folder {out_dir} is a file; name a folder with --out")
-    for parent in out_dir.parents:
-        if parent.exists() and not parent.is_dir():
-            raise EvaluationError(f"cannot create output folder {out_dir}: {parent} is a file")
-    model, ckpt = load_model_from_run(run_dir)
-    if not ckpt.finished:
-        raise EvaluationError(
-            f"{run_dir}: training has not finished (newest checkpoint at step {ckpt.step}); "
-            f"finish it with `python train.py --resume {run_dir}`"
-        )
-    config = config_from_meta(ckpt.meta)
-    source = load_source(config.data)
-    if list(source.image_shape) != list(model.args.image_shape):
-        raise EvaluationError(
-            f"{run_dir}: the model takes {tuple(model.args.image_shape)} images but its data "
-            f"source now gives {tuple(source.image_shape)}"
-        )
-    if list(source.space.action_names) != list(model.args.action_names):
-        raise EvaluationError(f"{run_dir}: the data source's actions differ from the model's")
-    sampler = TransitionSampler(source, config.transitions)
-    seed = config.seed if seed is None else int(seed)
-    n = pairs if pairs is not None else (FAST_PAIRS if fast else DEFAULT_PAIRS)
-    transitions = sampler.sample(n, split, torch.Generator().manual_seed(seed + PAIR_SEED_OFFSET))
-    cache = read_latent_cache(run_dir)
-    return Inputs(
-        run_dir,
-        out_dir,
-        model,
-        ckpt,
-        config,
-        source,
-        sampler,
-        split,
-        seed,
-        fast,
-        transitions,
-        cache,
-    )
-
-
-# ---- rendering and encoding, at most once per grid point on small grids ------------------
-class ImageCache:
-    """``source.render`` remembering every image of a grid small enough to hold in memory."""
-
-    def __init__(self, source: GroundTruthSource, max_bytes: int = IMAGE_CACHE_BYTES) -> None:
-        self.source = source
-        self.space = source.space
-        per_image = math.prod(source.image_shape)
-        self.images: torch.Tensor | None = None
-        # a photo collection draws a different photo each time: nothing to remember
-        if source.unique_images and self.space.num_values * per_image <= max_bytes:
-            self.images = torch.empty(
-                (self.space.num_values, *source.image_shape), dtype=torch.uint8
-            )
-            self.have = torch.zeros(self.space.num_values, dtype=torch.bool)
-
-    def __call__(self, values: torch.Tensor) -> torch.Tensor:
-        values = values.long().cpu()
-        if self.images is None:
-            return self.source.render(values)
-        index = self.space.ravel(values)
-        missing = index[~self.have[index]].unique()
-        if missing.numel():
-            self.images[missing] = self.source.render(self.space.unravel(missing))
-            self.have[missing] = True
-        return self.images[index]
-
-
-class Representation:
-    """represent(values) = encode(render(values)) flattened, memoised per grid point.
-
-    The memo (one row per grid point) is kept when it has at most
-    ``REPRESENTATION_CACHE_ELEMENTS`` entries; larger grids are encoded on every call.
-    """
-
-    def __init__(self, model: CausalImageModel, render: ImageCache) -> None:
-        self.model, self.render, self.space = model, render, render.space
-        self.table: torch.Tensor | None = None
-        self.have: torch.Tensor | None = None
-        self.sized = False
-
-    def _encode(self, values: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.model, self.render(values)).flatten(1)
-
-    def __call__(self, values: torch.Tensor) -> torch.Tensor:
-        values = torch.as_tensor(values).long()
-        if not self.sized:
-            self.sized = True
-            first = self._encode(values[:1])
-            small = self.space.num_values * first.shape[1] <= REPRESENTATION_CACHE_ELEMENTS
-            if small and self.render.source.unique_images:
-                shape = (self.space.num_values, first.shape[1])
-                self.table = torch.empty(shape, dtype=first.dtype)
-                self.have = torch.zeros(self.space.num_values, dtype=torch.bool)
-        if self.table is None or self.have is None:
-            return self._encode(values)
-        index = self.space.ravel(values)
-        missing = index[~self.have[index]].unique()
-        for part in chunks(len(missing), 1024):
-            rows = missing[part]
-            self.table[rows] = self._encode(self.space.unravel(rows))
-            self.have[rows] = True
-        return self.table[index]
-
-
-# ---- sections -------------------------------------------------------------------------------
-@torch.no_grad()
-def reconstruction_section(
-    model: CausalImageModel, pairs: PairLatents
-) -> tuple[dict, torch.Tensor]:
-    from vqcausal.eval.metrics import psnr, ssim
-
-    device = model_device(model)
-    mse, values, structure, first = [], [], [], None
-    for p in chunks(len(pairs.x)):
-        x = to_float(pairs.x[p])
-        recon = model.decode_latent(pairs.latents[p].to(device)).clamp(0, 1).cpu()
-        first = recon if first is None else first
-        mse.append((recon - x).pow(2).flatten(1).mean(1))
-        values.append(psnr(recon, x))
-        structure.append(ssim(recon, x))
-    section = {
-        "mse": torch.cat(mse).mean().item(),
-        "psnr": torch.cat(values).mean().item(),
-        "ssim": torch.cat(structure).mean().item(),
-    }
-    return section, first
-
-
-@torch.no_grad()
-def retrieval_section(
-    model: CausalImageModel, pairs: PairLatents, actions: torch.Tensor, names: list[str]
-) -> dict:
-    from vqcausal.eval.metrics import retrieval_report
-
-    device = model_device(model)
-    out = {}
-    for method in RETRIEVAL_METHODS:
-        scores = torch.cat(
-            [
-                model.retrieve_from_latents(
-                    pairs.latents[p].to(device), pairs.latents_next[p].to(device), method
-                ).cpu()
-                for p in chunks(len(actions))
-            ]
-        )
-        out[method] = retrieval_report(scores, actions, names, TOP_K)
-    return out
-
-
-def disentanglement_section(
-    represent: Representation, source: GroundTruthSource, settings, seed: int, discrete: bool
-) -> dict:
-    from vqcausal.eval.disentanglement import disentanglement_scores
-
-    stored = source.stored_values()
-    if stored is not None and stored.shape[0] < source.space.num_values:
-        return {
-            "skipped": f"{source.name} stores {stored.shape[0]:,} of "
-            f"{source.space.num_values:,} factor combinations; the scores sample the full grid"
-        }
-    return disentanglement_scores(represent, source.space.sizes, settings, seed, discrete)
-
-
-# ---- structure: graph and MIC ----------------------------------------------------------------
-def _learned_adjacency(model: CausalImageModel, graph: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """0/1 [parent, child] adjacency: the latent's own thresholded graph, else weights > 0.3."""
-    from vqcausal.eval.structure import threshold_graph
-
-    latent = getattr(model, "latent", None)
-    learned = getattr(latent, "learned_graph", None)
-    if callable(learned):  # scm: |A[i, j]| > edge_threshold, A[i, j] = edge i -> j
-        threshold = getattr(getattr(latent, "config", None), "edge_threshold", None)
-        return learned().detach().cpu().long(), {
-            "graph_from": "latent.learned_graph()",
-            "threshold": threshold,
-        }
-    # model.graph is [child, parent]; the structure metrics want [parent, child]
-    return threshold_graph(graph.T, EDGE_THRESHOLD), {
-        "graph_from": "model.graph() > threshold",
-        "threshold": EDGE_THRESHOLD,
-    }
-
-
-def structure_section(
-    model: CausalImageModel,
-    graph: torch.Tensor | None,
-    source: GroundTruthSource,
-    sampler: TransitionSampler,
-    represent: Representation,
-    points: int,
-    seed: int,
-) -> dict:
-    from vqcausal.eval.mic import mic_per_concept
-    from vqcausal.eval.oracle import split_values
-    from vqcausal.eval.structure import edge_counts, shd
-
-    section: dict[str, Any] = {}
-    true_dag = source.true_dag
-    if graph is not None and true_dag is not None and tuple(graph.shape) == tuple(true_dag.shape):
-        learned, how = _learned_adjacency(model, graph.cpu())
-        true = (true_dag != 0).long()
-        section["shd"] = shd(learned, true)
-        section["edges"] = edge_counts(learned, true)
-        section.update(how)
-        section["learned_graph"] = learned.tolist()
-        section["true_graph"] = true.tolist()
-
-    generator = torch.Generator().manual_seed(seed + 7919)
-    values = split_values(sampler, points, None, generator)
-    fit_values = split_values(sampler, points, None, generator)
-    small_grid = len(values) < points  # fewer images than asked for: all of them, twice
-    names = list(source.concept_names)
-    labels = source.concepts(values).double()
-    z = represent(values)
-    latent = model.args.model.latent
-    concepts = model.args.model.scm.concepts
-    if latent == "scm" and concepts == labels.shape[1] and z.shape[1] % concepts == 0:
-        mic = mic_per_concept(z.double().view(len(z), concepts, -1), labels, names=names)
-        mic["alignment"] = "scm block i vs concept i (block mean)"
-    else:
-        discrete = latent == "vq"
-        fit_labels = source.concepts(fit_values).double().numpy()
-        aligned, dims = align_latents(
-            represent(fit_values).numpy(), fit_labels, z.numpy(), discrete
-        )
-        mic = mic_per_concept(aligned, labels, names=names)
-        mic["alignment"] = (
-            "post hoc: each concept vs its best latent dim by MIC on a separate sample"
-            + (" (codes relabelled by their mean concept value)" if discrete else "")
-            + (" (the whole grid: both samples are the same points)" if small_grid else "")
-        )
-        mic["latent_dims"] = dims
-    mic["points"] = int(len(values))
-    section["mic"] = mic
-    return section
 
 
 # ---- figures --------------------------------------------------------------------------------
