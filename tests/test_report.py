@@ -221,7 +221,7 @@ def test_training_curves_keep_bookkeeping_and_code_statistics_out_of_the_loss_pa
     records = [
         {"stage": 1, "step": 50, "lr": 1e-3, "data_wait": 0.02, "steps_per_s": 6.7, "mse": 0.02},
         {"stage": 1, "step": 100, "mse": 0.01, "perplexity": 80.0, "usage_0": 0.9},
-        {"stage": 2, "step": 9050, "total": 0.5, "acyclic": 0.0, "focus_max": 2.0},
+        {"stage": 2, "step": 9050, "total": 0.5, "acyclic": 0.0, "retrieval_accuracy": 0.8},
         {"step": 9050, "eval": {"recon_psnr": 33.0, "retrieval": {"balanced": 0.9}}},
     ]
     curves = plots.curve_series(records)
@@ -229,7 +229,10 @@ def test_training_curves_keep_bookkeeping_and_code_statistics_out_of_the_loss_pa
         1: {"mse": [(50.0, 0.02), (100.0, 0.01)]},
         2: {"total": [(9050.0, 0.5)], "acyclic": [(9050.0, 0.0)]},
     }
-    assert curves.diagnostics == {1: {"perplexity": [(100.0, 80.0)], "usage_0": [(100.0, 0.9)]}}
+    assert curves.statistics == {
+        1: {"perplexity": [(100.0, 80.0)], "usage_0": [(100.0, 0.9)]},
+        2: {"retrieval_accuracy": [(9050.0, 0.8)]},
+    }
     assert curves.evals == {"recon_psnr": [(9050.0, 33.0)], "retrieval.balanced": [(9050.0, 0.9)]}
     # a loss 0 throughout is named, not drawn: the other losses keep their log scale
     fig = plots._figure(4, 3)

@@ -34,9 +34,11 @@ _NOT_LOSSES = frozenset(
         "focus_min",
     }
 )
-#: prefixes of training-record keys that describe the codes (quantizer perplexity, share of the
-#: codebook in use), not a loss: a panel of their own, so they never share the losses' axis
-_DIAGNOSTIC_PREFIXES = ("perplexity", "usage", "code_")
+#: training-record keys that are statistics, not loss terms: the codes (quantizer perplexity,
+#: share of the codebook in use) and training accuracies (e.g. ``retrieval_accuracy``, detached,
+#: not in ``total``); a panel of their own, so they never share the losses' axis
+_STATISTIC_PREFIXES = ("perplexity", "usage", "code_")
+_STATISTIC_SUFFIXES = ("accuracy",)
 _MISSING_COLOUR = "#bbbbbb"
 
 
@@ -156,13 +158,13 @@ class Curves:
     """A run's ``metrics.jsonl`` as plottable series of (step, value) points by name."""
 
     losses: dict[int, Series] = field(default_factory=dict)  # per stage: the loss terms
-    diagnostics: dict[int, Series] = field(default_factory=dict)  # per stage: code statistics
+    statistics: dict[int, Series] = field(default_factory=dict)  # per stage: codes, accuracies
     evals: Series = field(default_factory=dict)  # the held-out evaluations
 
 
 def curve_series(records: Iterable[dict]) -> Curves:
-    """Split metrics records into per-stage loss terms, per-stage code statistics
-    (``_DIAGNOSTIC_PREFIXES``) and evaluation metrics.
+    """Split metrics records into per-stage loss terms, per-stage statistics (the codes'
+    perplexity and usage, training accuracies) and evaluation metrics.
 
     Bookkeeping keys (``_NOT_LOSSES``: speed, learning rate, data waits, action-focus extremes)
     are left out, so they never share a log-scaled panel with the losses.
@@ -178,9 +180,10 @@ def curve_series(records: Iterable[dict]) -> Curves:
         stage = int(stage) if finite_number(stage) is not None else 0
         for name, value in record.items():
             if name not in _NOT_LOSSES and (number := finite_number(value)) is not None:
-                kind = (
-                    curves.diagnostics if name.startswith(_DIAGNOSTIC_PREFIXES) else curves.losses
+                statistic = name.startswith(_STATISTIC_PREFIXES) or name.endswith(
+                    _STATISTIC_SUFFIXES
                 )
+                kind = curves.statistics if statistic else curves.losses
                 kind.setdefault(stage, {}).setdefault(name, []).append((step, number))
     return curves
 
@@ -196,12 +199,12 @@ def training_curves(metrics_jsonl: str | Path, path: str | Path) -> Path:
     unit = {k: v for k, v in evals.items() if all(0.0 <= y <= 1.0 for _, y in v)}
     other = {k: v for k, v in evals.items() if k not in unit}
     panels = []
-    for stage in sorted(curves.losses.keys() | curves.diagnostics.keys()):
+    for stage in sorted(curves.losses.keys() | curves.statistics.keys()):
         name = f"stage {stage}" if stage else "training"
         if stage in curves.losses:
             panels.append((f"{name} losses", curves.losses[stage], True))
-        if stage in curves.diagnostics:
-            panels.append((f"{name} codes (perplexity, usage)", curves.diagnostics[stage], True))
+        if stage in curves.statistics:
+            panels.append((f"{name} statistics", curves.statistics[stage], True))
     panels += [(t, s, False) for t, s in [("evaluation", unit), ("evaluation (other)", other)] if s]
 
     fig = _figure(7.5, 3.2 * max(1, len(panels)))
