@@ -7,7 +7,7 @@ Modes: ``actions`` (action frequencies 1 .. 1/rho), ``values`` (every factor's v
 is :mod:`vqcausal.sweep` (cells run as Ray tasks: ``--address`` sends them to a cluster).
 
     python tasks/imbalance_ablation.py --size smoke                  # 2-core CPU: ~14 min
-    python tasks/imbalance_ablation.py --size cpu                    # 2-core CPU: ~6-7 h
+    python tasks/imbalance_ablation.py --size cpu                    # 2-core CPU: 6-16 h
     python tasks/imbalance_ablation.py --size full                   # the study, on a GPU
     python tasks/imbalance_ablation.py --size full --modes actions --latents vq gaussian
     python tasks/imbalance_ablation.py --size full --address auto    # on a running Ray cluster
@@ -40,8 +40,10 @@ copy of it with ``train.py --stage1-from``): 9 stage-1 runs instead of 36. Measu
 by side at one thread each: a ``vq`` stage 1 takes 20 min, a ``vq`` cell on it ~28 min with
 the default's wide transition (encoding the 80,000 cached pairs ~3.5 min, stage 2 ~21 min,
 ``vqcausal evaluate`` ~3 min; ~21 min with the narrow one); alone on 2 cores a ``gaussian``
-stage 1 took 12 min and its cell 7: some 6 - 7 hours for the grid, so run it overnight or on a
-GPU (``--set train.mixed_precision=bf16``), or one axis at a time (``--seeds 0 --rhos 1 100``).
+stage 1 took 12 min and its cell 7: some 6 - 7 hours for the grid (all on a 2-core AMD EPYC
+with AVX-512; one with AVX2 only ran a ``vq`` stage 1 in 53 min and its stage 2 at 0.6 steps/s,
+two side by side, ~2.6x as long: ~16 hours), so run it overnight or on a GPU (``--set
+train.mixed_precision=bf16``), or one axis at a time (``--seeds 0 --rhos 1 100``).
 The sweep starts one cell of each stage-1 group first, so two slots rarely wait on one stage 1.
 ``values`` cells skew the images themselves and train their own stage 1.
 
