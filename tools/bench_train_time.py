@@ -25,6 +25,7 @@ quiet: the JSON keeps the load average beside it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from rich.table import Table
 
 from vqcausal.benchmarking import console, write_report
 from vqcausal.commandline import OneLineParser, add_set_arg, bounded, command_main
@@ -130,9 +132,7 @@ def measure_parts(
     }
 
 
-def table(config: Config, parts: dict[str, float], minutes: dict[str, float], title: str):
-    from rich.table import Table
-
+def table(config: Config, parts: dict[str, float], minutes: dict[str, float], title: str) -> Table:
     train = config.train
     evals1, evals2 = evaluations_per_stage(train.stage1_steps, train.stage2_steps, train.eval_every)
     measured = {
@@ -168,7 +168,7 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def bench(args) -> None:
+def bench(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     config = load_config(args.config, args.overrides)  # a bad key or file: one line, nothing run
     parts = measure_parts(

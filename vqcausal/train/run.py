@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 
@@ -53,6 +54,12 @@ from vqcausal.train.shared_stage1 import (
     with_stage1_measurements,
 )
 from vqcausal.train.signals import sigterm_as_interrupt
+
+if TYPE_CHECKING:  # heavy imports stay lazy at run time
+    from accelerate import Accelerator
+
+    from vqcausal.models.base import CausalImageModel
+    from vqcausal.runs import Checkpoint
 
 STAGES = {"all": (1, 2), "1": (1,), "2": (2,)}
 
@@ -104,7 +111,9 @@ def fit_to_data(config: Config, source: GroundTruthSource) -> Config:
     return dataclasses.replace(config, model=model)
 
 
-def build_training(args: argparse.Namespace):
+def build_training(
+    args: argparse.Namespace,
+) -> tuple[Config, GroundTruthSource, CausalImageModel, Path, Accelerator, Checkpoint | None]:
     """Config, source, model, run folder, accelerator and resume point for the command line's
     arguments (``build_parser``): what ``train.py`` trains, and what ``tools/bench_train_time.py``
     times."""
